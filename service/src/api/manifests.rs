@@ -1,0 +1,105 @@
+//! Manifests: end-3, end-7a/b and end-9.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::body::{self, HeadBody};
+use super::error::ApiResult;
+use super::headers::{self as h};
+use super::{State, authorized};
+use crate::auth::Action;
+use crate::metadata::StoredManifest;
+use crate::oci::{Reference, RepoName, Tag};
+use crate::registry::Error;
+
+fn parse(path: web::Path<(String, String)>) -> ApiResult<(String, Reference)> {
+    let (name, reference) = path.into_inner();
+    let reference = reference.parse::<Reference>().map_err(Error::from)?;
+    Ok((name, reference))
+}
+
+fn found(manifest: &StoredManifest) -> actix_web::HttpResponseBuilder {
+    let mut response = HttpResponse::Ok();
+    response
+        .insert_header((header::CONTENT_TYPE, manifest.media_type.as_str()))
+        .insert_header((h::DOCKER_CONTENT_DIGEST, manifest.digest.as_str()))
+        .insert_header((header::ETAG, format!("\"{}\"", manifest.digest)));
+    response
+}
+
+/// `GET /v2/<name>/manifests/<tag-or-digest>`
+///
+/// "A GET request to an existing manifest URL MUST provide the expected manifest … The
+/// Content-Type header SHOULD match what the client pushed as the manifest's Content-Type."
+pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
+    let (name, reference) = parse(path)?;
+    let name = authorized(&state, &req, &name, &[Action::Pull])?;
+    let manifest = state.registry.manifest(&name, &reference, true).await?;
+    let payload = manifest.payload.clone().unwrap_or_default();
+    Ok(found(&manifest).body(payload))
+}
+
+/// `HEAD /v2/<name>/manifests/<tag-or-digest>`: the headers of a GET, from metadata alone.
+pub async fn head(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
+    let (name, reference) = parse(path)?;
+    let name = authorized(&state, &req, &name, &[Action::Pull])?;
+    let manifest = state.registry.manifest(&name, &reference, false).await?;
+    Ok(found(&manifest).body(HeadBody(manifest.size)))
+}
+
+/// `PUT /v2/<name>/manifests/<tag-or-digest>[?tag=<tag>…]`
+///
+/// "The registry MUST store the manifest in the exact byte representation provided by the
+/// client. Upon a successful upload, the registry MUST return response code 201 Created";
+/// with a `subject`, "MUST respond with the response header OCI-Subject"; with `tag`
+/// parameters, "MUST include an OCI-Tag response header … for each accepted tag".
+pub async fn put(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let (name, reference) = parse(path)?;
+    let name = authorized(&state, &req, &name, &[Action::Pull, Action::Push])?;
+    let extra_tags = h::query_pairs(&req)
+        .into_iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.parse::<Tag>().map_err(Error::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    let policy = state.registry.policy();
+    let limit = policy.max_manifest_size;
+    if h::content_length(req.headers())?.is_some_and(|n| n > limit as u64) {
+        return Err(Error::ManifestTooLarge { limit }.into());
+    }
+    let bytes = body::read_limited(payload, limit, policy.body_idle_timeout).await?;
+    let content_type = h::content_type(req.headers());
+    let pushed = state.registry.push_manifest(&name, &reference, extra_tags, content_type, bytes).await?;
+    let mut response = HttpResponse::Created();
+    response
+        .insert_header((header::LOCATION, manifest_location(&name, pushed.digest.as_str())))
+        .insert_header((h::DOCKER_CONTENT_DIGEST, pushed.digest.as_str()));
+    if let Some(subject) = &pushed.subject {
+        response.insert_header((h::OCI_SUBJECT, subject.as_str()));
+    }
+    if matches!(reference, Reference::Digest(_)) {
+        for tag in &pushed.tags {
+            response.append_header((h::OCI_TAG, tag.as_str()));
+        }
+    }
+    Ok(response.finish())
+}
+
+/// `DELETE /v2/<name>/manifests/<tag-or-digest>`
+///
+/// "To delete a tag … Upon success, the registry MUST respond with a 202 Accepted code";
+/// by digest, the manifest and every tag pointing to it are removed.
+pub async fn delete(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
+    let (name, reference) = parse(path)?;
+    let name = authorized(&state, &req, &name, &[Action::Delete])?;
+    state.registry.delete_manifest(&name, &reference).await?;
+    Ok(HttpResponse::Accepted().finish())
+}
+
+fn manifest_location(name: &RepoName, reference: &str) -> String {
+    format!("/v2/{name}/manifests/{reference}")
+}

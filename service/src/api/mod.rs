@@ -1,0 +1,98 @@
+//! The HTTP layer: routes, request parsing and responses of the OCI Distribution API (and
+//! the Docker Registry v2 API it grew from).
+//!
+//! Handlers parse their input, check access, make one call into [`crate::registry`] and
+//! build the response. They never touch SQL, files or sessions directly.
+
+mod blobs;
+mod body;
+pub mod error;
+pub mod headers;
+mod listing;
+mod manifests;
+mod uploads;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::DefaultHeaders;
+use actix_web::{HttpRequest, HttpResponse, Resource, web};
+
+use crate::auth::{Action, Authorizer, Scope};
+use crate::oci::RepoName;
+use crate::registry::Registry;
+use error::{ApiError, ApiResult};
+
+/// What every handler can reach.
+pub struct AppState {
+    pub registry: Registry,
+    pub auth: Authorizer,
+}
+
+type State = web::Data<AppState>;
+
+/// Registers the API under `/v2`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let v2 = web::scope("/v2")
+        .wrap(
+            DefaultHeaders::new()
+                .add((headers::DOCKER_API_VERSION, HeaderValue::from_static("registry/2.0")))
+                .add((header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"))),
+        )
+        .service(resource("").route(web::get().to(version_check)).route(web::head().to(version_check)))
+        .service(resource("/").route(web::get().to(version_check)).route(web::head().to(version_check)))
+        .service(resource("/_catalog").route(web::get().to(listing::catalog)))
+        .service(resource("/{name:.+}/blobs/uploads/").route(web::post().to(uploads::start)))
+        .service(
+            resource("/{name:.+}/blobs/uploads/{id}")
+                .route(web::patch().to(uploads::patch))
+                .route(web::put().to(uploads::put))
+                .route(web::get().to(uploads::status))
+                .route(web::delete().to(uploads::cancel)),
+        )
+        .service(
+            resource("/{name:.+}/blobs/{digest}")
+                .route(web::get().to(blobs::get))
+                .route(web::head().to(blobs::head))
+                .route(web::delete().to(blobs::delete)),
+        )
+        .service(
+            resource("/{name:.+}/manifests/{reference}")
+                .route(web::get().to(manifests::get))
+                .route(web::head().to(manifests::head))
+                .route(web::put().to(manifests::put))
+                .route(web::delete().to(manifests::delete)),
+        )
+        .service(resource("/{name:.+}/tags/list").route(web::get().to(listing::tags)))
+        .service(resource("/{name:.+}/referrers/{digest}").route(web::get().to(listing::referrers)))
+        .default_service(web::to(not_found));
+    cfg.service(v2);
+}
+
+/// A route whose unhandled methods get an OCI `UNSUPPORTED` error rather than an empty 405.
+fn resource(path: &str) -> Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// `GET /v2/`: tells clients that this is a registry speaking the v2 API (end-1).
+async fn version_check() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body("{}")
+}
+
+async fn not_found(req: HttpRequest) -> ApiResult<HttpResponse> {
+    Err(ApiError::NotFound(format!("no such endpoint: {} {}", req.method(), req.path())))
+}
+
+async fn method_not_allowed() -> ApiResult<HttpResponse> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// Parses the `{name}` path segment.
+fn repository(name: &str) -> ApiResult<RepoName> {
+    Ok(name.parse::<RepoName>().map_err(crate::registry::Error::from)?)
+}
+
+/// Parses the repository name and checks that the request may act on it.
+fn authorized(state: &AppState, req: &HttpRequest, name: &str, actions: &[Action]) -> ApiResult<RepoName> {
+    let name = repository(name)?;
+    state.auth.check(req, Scope::Repository(&name, actions))?;
+    Ok(name)
+}

@@ -1,0 +1,177 @@
+//! Configuration: one typed [`Settings`], layered as defaults < TOML file (`--config` or
+//! `BERTH_CONFIG`) < `BERTH_*` environment variables < command-line flags.
+//!
+//! Every setting has the same name everywhere: the TOML key `data_dir` is the variable
+//! `BERTH_DATA_DIR`. The variables are a public interface (the Helm chart and the Terraform
+//! module set them): never rename one.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::registry::Policy;
+
+/// Where blob bytes are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Filesystem,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything Berth can be told. Each field is documented in the README's configuration
+/// reference under its environment variable.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address the API listens on (`BERTH_LISTEN`).
+    pub listen: String,
+    /// Directory for the embedded backends: filesystem blobs and the SQLite file
+    /// (`BERTH_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Blob store backend (`BERTH_STORAGE`).
+    pub storage: StorageKind,
+    /// Metadata database; SQLite in the data directory when unset (`BERTH_DATABASE_URL`).
+    pub database_url: Option<String>,
+    /// Apply database migrations at start (`BERTH_MIGRATE`).
+    pub migrate: bool,
+    /// Allow deleting manifests, tags and blobs (`BERTH_DELETE`).
+    pub delete: bool,
+    /// Largest manifest accepted, in bytes (`BERTH_MAX_MANIFEST_SIZE`).
+    pub max_manifest_size: usize,
+    /// Seconds an upload may receive nothing before it is dropped
+    /// (`BERTH_UPLOAD_IDLE_TIMEOUT`).
+    pub upload_idle_timeout: u64,
+    /// Seconds a request body may send nothing before the request is given up
+    /// (`BERTH_BODY_IDLE_TIMEOUT`).
+    pub body_idle_timeout: u64,
+    /// Seconds requests in flight get to finish on shutdown (`BERTH_SHUTDOWN_TIMEOUT`).
+    pub shutdown_timeout: u64,
+    /// HTTP worker threads; one per CPU when unset (`BERTH_WORKERS`).
+    pub workers: Option<usize>,
+    /// Log filter, `tracing` directive syntax such as `info,berth=debug` (`BERTH_LOG`).
+    pub log: String,
+    /// `text` or `json` (`BERTH_LOG_FORMAT`).
+    pub log_format: LogFormat,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let policy = Policy::default();
+        Settings {
+            listen: "127.0.0.1:5000".into(),
+            data_dir: PathBuf::from("./data"),
+            storage: StorageKind::Filesystem,
+            database_url: None,
+            migrate: true,
+            delete: policy.delete_enabled,
+            max_manifest_size: policy.max_manifest_size,
+            upload_idle_timeout: policy.upload_idle_timeout.as_secs(),
+            body_idle_timeout: policy.body_idle_timeout.as_secs(),
+            shutdown_timeout: 30,
+            workers: None,
+            log: "info".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Settings given as command-line flags; `None` leaves the layer below in place.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Loads the layers. `config_file` comes from `--config`; `BERTH_CONFIG` is read when it
+    /// is `None`.
+    pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> Result<Settings, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        let from_env = std::env::var_os("BERTH_CONFIG").map(PathBuf::from);
+        if let Some(file) = config_file.map(Path::to_path_buf).or(from_env) {
+            if !file.is_file() {
+                return Err(Box::new(figment::Error::from(format!("config file {} does not exist", file.display()))));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment
+            .merge(Env::prefixed("BERTH_").ignore(&["config"]))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The metadata database URL, SQLite in the data directory by default. SQLite files are
+    /// created when missing.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) if url.starts_with("sqlite:") && !url.contains("mode=") => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}mode=rwc")
+            }
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("berth.db").display()),
+        }
+    }
+
+    pub fn policy(&self) -> Policy {
+        Policy {
+            delete_enabled: self.delete,
+            max_manifest_size: self.max_manifest_size,
+            upload_idle_timeout: Duration::from_secs(self.upload_idle_timeout),
+            body_idle_timeout: Duration::from_secs(self.body_idle_timeout),
+            ..Policy::default()
+        }
+    }
+
+    /// The settings as `berth check-config` prints them: secrets masked.
+    pub fn masked(&self) -> Settings {
+        let mut shown = self.clone();
+        shown.database_url = shown.database_url.as_deref().map(mask_url_password);
+        shown
+    }
+}
+
+/// `scheme://user:secret@host/…` → `scheme://user:***@host/…`.
+fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((credentials, host)) = rest.split_once('@') else { return url.to_owned() };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_passwords_in_urls() {
+        assert_eq!(mask_url_password("postgres://u:p4ss@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(mask_url_password("sqlite://./data/berth.db"), "sqlite://./data/berth.db");
+    }
+
+    #[test]
+    fn sqlite_urls_create_their_file() {
+        let mut s = Settings::default();
+        assert_eq!(s.database_url(), "sqlite://./data/berth.db?mode=rwc");
+        s.database_url = Some("sqlite://x.db".into());
+        assert_eq!(s.database_url(), "sqlite://x.db?mode=rwc");
+        s.database_url = Some("sqlite://x.db?mode=ro".into());
+        assert_eq!(s.database_url(), "sqlite://x.db?mode=ro");
+    }
+}

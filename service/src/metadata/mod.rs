@@ -1,0 +1,138 @@
+//! The `MetadataStore` port: repositories, blob links, manifests, tags and referrers.
+//!
+//! Implementation: [`sql::SqlMetadata`] on SQLite (the embedded default). Every
+//! implementation passes the contract suite in `tests/metadata_contract.rs`.
+
+pub mod sql;
+
+use async_trait::async_trait;
+
+use crate::oci::{Digest, Reference, RepoName, Tag};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// The database cannot be reached; the request may be retried.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
+    #[error("metadata store error: {0}")]
+    Other(String),
+}
+
+/// A manifest to record, with what it points at.
+#[derive(Clone, Debug)]
+pub struct NewManifest {
+    pub repository: RepoName,
+    pub digest: Digest,
+    pub media_type: String,
+    /// The bytes exactly as the client sent them.
+    pub payload: Vec<u8>,
+    /// The artifact type the referrers API reports for it.
+    pub artifact_type: Option<String>,
+    pub subject: Option<Digest>,
+    /// The manifest's annotations as a JSON object, for the referrers API.
+    pub annotations: Option<String>,
+    /// Blobs it needs in the repository, with the sizes its descriptors give.
+    pub blobs: Vec<(Digest, u64)>,
+    /// Manifests it needs in the repository, with the sizes its descriptors give.
+    pub manifests: Vec<(Digest, u64)>,
+}
+
+/// What became of [`MetadataStore::put_manifest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutManifest {
+    Stored,
+    /// Nothing was stored: these references are not in the repository.
+    Missing(Vec<Digest>),
+    /// Nothing was stored: these references are in the repository with another size.
+    WrongSize(Vec<Digest>),
+}
+
+/// A stored manifest; `payload` is only loaded when asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A manifest whose `subject` is the digest asked about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    /// JSON object text.
+    pub annotations: Option<String>,
+}
+
+/// One page of a sorted listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<String>,
+    /// Whether more items follow the last one.
+    pub more: bool,
+}
+
+/// Registry metadata.
+///
+/// Contract (checked by the suite):
+/// - A repository exists once a blob has been linked or a manifest stored in it.
+/// - Writes are atomic: `put_manifest` stores the manifest, its references and every tag,
+///   or (when a reference is missing) nothing at all; a tag points at exactly one manifest.
+/// - A blob is visible in a repository only while linked to it; `link_blob` is idempotent.
+/// - Listings are in byte order ("ASCIIbetical"), start strictly after `last`, and hold at
+///   most `limit` items.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    fn kind(&self) -> &'static str;
+
+    /// Records that the blob `digest` of `size` bytes is stored and belongs to `repository`.
+    async fn link_blob(&self, repository: &RepoName, digest: &Digest, size: u64) -> Result<(), MetadataError>;
+
+    /// The blob's size if it is linked to the repository.
+    async fn blob_in_repository(&self, repository: &RepoName, digest: &Digest) -> Result<Option<u64>, MetadataError>;
+
+    /// Links a blob of `from` into `to` in one step; its size, or `None` if `from` lacks it.
+    async fn mount_blob(&self, from: &RepoName, to: &RepoName, digest: &Digest) -> Result<Option<u64>, MetadataError>;
+
+    /// Removes the blob's link to the repository; whether there was one.
+    async fn unlink_blob(&self, repository: &RepoName, digest: &Digest) -> Result<bool, MetadataError>;
+
+    /// Stores a manifest and points `tags` at it, if everything it references is there.
+    async fn put_manifest(&self, manifest: &NewManifest, tags: &[Tag]) -> Result<PutManifest, MetadataError>;
+
+    async fn get_manifest(
+        &self,
+        repository: &RepoName,
+        reference: &Reference,
+        with_payload: bool,
+    ) -> Result<Option<StoredManifest>, MetadataError>;
+
+    /// Removes a manifest and every tag pointing at it; whether it existed.
+    async fn delete_manifest(&self, repository: &RepoName, digest: &Digest) -> Result<bool, MetadataError>;
+
+    /// Removes one tag, leaving its manifest; whether it existed.
+    async fn delete_tag(&self, repository: &RepoName, tag: &Tag) -> Result<bool, MetadataError>;
+
+    /// Tags of a repository, or `None` if the repository does not exist.
+    async fn list_tags(
+        &self,
+        repository: &RepoName,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Option<Page>, MetadataError>;
+
+    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Page, MetadataError>;
+
+    /// Manifests in the repository whose subject is `subject`, by digest.
+    async fn referrers(
+        &self,
+        repository: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>, MetadataError>;
+
+    async fn ping(&self) -> Result<(), MetadataError>;
+}

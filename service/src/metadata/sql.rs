@@ -1,0 +1,462 @@
+//! Metadata in SQL through sqlx's `Any` driver, so that SQLite (embedded) and PostgreSQL
+//! run the very same statements. The statements stick to what both understand: `$n`
+//! parameters, `ON CONFLICT`, no vendor functions. Byte-order sorting comes from the
+//! schema (`COLLATE "C"` on PostgreSQL; SQLite compares bytes by default).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+
+use super::{MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer, StoredManifest};
+use crate::oci::{Digest, Reference, RepoName, Tag};
+
+/// Which database is behind the `Any` driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+pub struct SqlMetadata {
+    dialect: Dialect,
+    /// Pool for reads.
+    reads: AnyPool,
+    /// Pool for writes. On SQLite it holds one connection: SQLite allows one writer at a
+    /// time anyway, and queueing writers here avoids `SQLITE_BUSY` on transactions that
+    /// read before they write.
+    writes: AnyPool,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+impl SqlMetadata {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`); `migrate` applies pending migrations.
+    pub async fn connect(url: &str, migrate: bool) -> Result<SqlMetadata, MetadataError> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(MetadataError::Other(format!("unsupported database URL scheme in {url:?}")));
+        };
+        let options: AnyConnectOptions = url.parse().map_err(unavailable)?;
+        let store = match dialect {
+            Dialect::Sqlite => {
+                let pool = |max| {
+                    AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).after_connect(
+                        |conn, _| {
+                            Box::pin(async move {
+                                conn.execute(
+                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                                )
+                                .await
+                                .map(|_| ())
+                            })
+                        },
+                    )
+                };
+                let writes = pool(1).connect_with(options.clone()).await.map_err(unavailable)?;
+                let reads = pool(8).connect_with(options).await.map_err(unavailable)?;
+                SqlMetadata { dialect, reads, writes }
+            }
+            Dialect::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+                    .map_err(unavailable)?;
+                SqlMetadata { dialect, reads: pool.clone(), writes: pool }
+            }
+        };
+        if migrate {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), MetadataError> {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::Postgres => return Err(MetadataError::Other("PostgreSQL is not supported yet".into())),
+        };
+        migrator.run(&self.writes).await.map_err(|e| MetadataError::Other(format!("migration failed: {e}")))
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Any>, MetadataError> {
+        self.writes.begin().await.map_err(db_error)
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> MetadataError {
+    MetadataError::Unavailable(e.to_string())
+}
+
+fn db_error(e: sqlx::Error) -> MetadataError {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            MetadataError::Unavailable(e.to_string())
+        }
+        other => MetadataError::Other(other.to_string()),
+    }
+}
+
+fn column<T>(row: &AnyRow, index: usize) -> Result<T, MetadataError>
+where
+    T: for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    row.try_get(index).map_err(db_error)
+}
+
+fn digest_column(row: &AnyRow, index: usize) -> Result<Digest, MetadataError> {
+    let text: String = column(row, index)?;
+    text.parse().map_err(|e| MetadataError::Other(format!("stored digest {text:?} is invalid: {e}")))
+}
+
+fn size_column(row: &AnyRow, index: usize) -> Result<u64, MetadataError> {
+    let size: i64 = column(row, index)?;
+    Ok(size.max(0) as u64)
+}
+
+fn limit_arg(limit: u32) -> i64 {
+    // One more than asked for tells whether another page follows.
+    i64::from(limit) + 1
+}
+
+fn page(rows: Vec<AnyRow>, limit: u32) -> Result<Page, MetadataError> {
+    let mut items = rows.iter().map(|r| column::<String>(r, 0)).collect::<Result<Vec<_>, _>>()?;
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    Ok(Page { items, more })
+}
+
+/// Creates the repository if needed and returns its id.
+async fn repository_id(tx: &mut Transaction<'static, Any>, name: &RepoName) -> Result<i64, MetadataError> {
+    sqlx::query("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+        .bind(name.as_str())
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    let row = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+        .bind(name.as_str())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    column(&row, 0)
+}
+
+async fn link(
+    tx: &mut Transaction<'static, Any>,
+    repository: i64,
+    digest: &Digest,
+    size: u64,
+) -> Result<(), MetadataError> {
+    let now = now_ms();
+    sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+        .bind(digest.as_str())
+        .bind(size as i64)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    sqlx::query(
+        "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (repository_id, digest) DO NOTHING",
+    )
+    .bind(repository)
+    .bind(digest.as_str())
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+const BLOB_IN_REPOSITORY: &str = "SELECT b.size FROM repository_blobs rb \
+     JOIN repositories r ON r.id = rb.repository_id JOIN blobs b ON b.digest = rb.digest \
+     WHERE r.name = $1 AND rb.digest = $2";
+
+// Manifest lookups, with and without the payload: HEAD never loads the bytes.
+const MANIFEST_BY_DIGEST: &str = "SELECT m.digest, m.media_type, m.size, m.payload FROM manifests m \
+     JOIN repositories r ON r.id = m.repository_id WHERE r.name = $1 AND m.digest = $2";
+const MANIFEST_HEAD_BY_DIGEST: &str = "SELECT m.digest, m.media_type, m.size FROM manifests m \
+     JOIN repositories r ON r.id = m.repository_id WHERE r.name = $1 AND m.digest = $2";
+const MANIFEST_BY_TAG: &str = "SELECT m.digest, m.media_type, m.size, m.payload FROM tags t \
+     JOIN repositories r ON r.id = t.repository_id \
+     JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest \
+     WHERE r.name = $1 AND t.name = $2";
+const MANIFEST_HEAD_BY_TAG: &str = "SELECT m.digest, m.media_type, m.size FROM tags t \
+     JOIN repositories r ON r.id = t.repository_id \
+     JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest \
+     WHERE r.name = $1 AND t.name = $2";
+
+#[async_trait]
+impl MetadataStore for SqlMetadata {
+    fn kind(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    async fn link_blob(&self, repository: &RepoName, digest: &Digest, size: u64) -> Result<(), MetadataError> {
+        let mut tx = self.begin().await?;
+        let id = repository_id(&mut tx, repository).await?;
+        link(&mut tx, id, digest, size).await?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn blob_in_repository(&self, repository: &RepoName, digest: &Digest) -> Result<Option<u64>, MetadataError> {
+        let row = sqlx::query(BLOB_IN_REPOSITORY)
+            .bind(repository.as_str())
+            .bind(digest.as_str())
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(db_error)?;
+        row.map(|r| size_column(&r, 0)).transpose()
+    }
+
+    async fn mount_blob(&self, from: &RepoName, to: &RepoName, digest: &Digest) -> Result<Option<u64>, MetadataError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(BLOB_IN_REPOSITORY)
+            .bind(from.as_str())
+            .bind(digest.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let Some(row) = row else { return Ok(None) };
+        let size = size_column(&row, 0)?;
+        let id = repository_id(&mut tx, to).await?;
+        link(&mut tx, id, digest, size).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Some(size))
+    }
+
+    async fn unlink_blob(&self, repository: &RepoName, digest: &Digest) -> Result<bool, MetadataError> {
+        let done = sqlx::query(
+            "DELETE FROM repository_blobs WHERE digest = $2 \
+             AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+        )
+        .bind(repository.as_str())
+        .bind(digest.as_str())
+        .execute(&self.writes)
+        .await
+        .map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn put_manifest(&self, m: &NewManifest, tags: &[Tag]) -> Result<PutManifest, MetadataError> {
+        let mut tx = self.begin().await?;
+        let id = repository_id(&mut tx, &m.repository).await?;
+        let (mut missing, mut wrong_size) = (Vec::new(), Vec::new());
+        let blob_size = "SELECT b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest \
+                         WHERE rb.repository_id = $1 AND rb.digest = $2";
+        let manifest_size = "SELECT size FROM manifests WHERE repository_id = $1 AND digest = $2";
+        let wanted = m.blobs.iter().map(|r| (r, blob_size)).chain(m.manifests.iter().map(|r| (r, manifest_size)));
+        for ((digest, size), query) in wanted {
+            let row =
+                sqlx::query(query).bind(id).bind(digest.as_str()).fetch_optional(&mut *tx).await.map_err(db_error)?;
+            match row.map(|r| size_column(&r, 0)).transpose()? {
+                None => missing.push(digest.clone()),
+                Some(stored) if stored != *size => wrong_size.push(digest.clone()),
+                Some(_) => {}
+            }
+        }
+        if !missing.is_empty() {
+            return Ok(PutManifest::Missing(missing));
+        }
+        if !wrong_size.is_empty() {
+            return Ok(PutManifest::WrongSize(wrong_size));
+        }
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, \
+             size, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (repository_id, digest) DO NOTHING",
+        )
+        .bind(id)
+        .bind(m.digest.as_str())
+        .bind(m.media_type.as_str())
+        .bind(m.artifact_type.as_deref())
+        .bind(m.subject.as_ref().map(Digest::as_str))
+        .bind(m.annotations.as_deref())
+        .bind(m.payload.len() as i64)
+        .bind(m.payload.as_slice())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let references =
+            m.blobs.iter().map(|(d, _)| (d, "blob")).chain(m.manifests.iter().map(|(d, _)| (d, "manifest")));
+        for (target, kind) in references {
+            sqlx::query(
+                "INSERT INTO manifest_references (repository_id, manifest_digest, target_digest, kind) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(m.digest.as_str())
+            .bind(target.as_str())
+            .bind(kind)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        for tag in tags {
+            sqlx::query(
+                "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repository_id, name) DO UPDATE \
+                 SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at",
+            )
+            .bind(id)
+            .bind(tag.as_str())
+            .bind(m.digest.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(PutManifest::Stored)
+    }
+
+    async fn get_manifest(
+        &self,
+        repository: &RepoName,
+        reference: &Reference,
+        with_payload: bool,
+    ) -> Result<Option<StoredManifest>, MetadataError> {
+        let (sql, key) = match (reference, with_payload) {
+            (Reference::Digest(d), true) => (MANIFEST_BY_DIGEST, d.as_str()),
+            (Reference::Digest(d), false) => (MANIFEST_HEAD_BY_DIGEST, d.as_str()),
+            (Reference::Tag(t), true) => (MANIFEST_BY_TAG, t.as_str()),
+            (Reference::Tag(t), false) => (MANIFEST_HEAD_BY_TAG, t.as_str()),
+        };
+        let row =
+            sqlx::query(sql).bind(repository.as_str()).bind(key).fetch_optional(&self.reads).await.map_err(db_error)?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(StoredManifest {
+            digest: digest_column(&row, 0)?,
+            media_type: column(&row, 1)?,
+            size: size_column(&row, 2)?,
+            payload: if with_payload { Some(column(&row, 3)?) } else { None },
+        }))
+    }
+
+    async fn delete_manifest(&self, repository: &RepoName, digest: &Digest) -> Result<bool, MetadataError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+            .bind(repository.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let Some(row) = row else { return Ok(false) };
+        let id: i64 = column(&row, 0)?;
+        for sql in [
+            "DELETE FROM tags WHERE repository_id = $1 AND manifest_digest = $2",
+            "DELETE FROM manifest_references WHERE repository_id = $1 AND manifest_digest = $2",
+        ] {
+            sqlx::query(sql).bind(id).bind(digest.as_str()).execute(&mut *tx).await.map_err(db_error)?;
+        }
+        let done = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
+            .bind(id)
+            .bind(digest.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_tag(&self, repository: &RepoName, tag: &Tag) -> Result<bool, MetadataError> {
+        let done = sqlx::query(
+            "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+        )
+        .bind(repository.as_str())
+        .bind(tag.as_str())
+        .execute(&self.writes)
+        .await
+        .map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_tags(
+        &self,
+        repository: &RepoName,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Option<Page>, MetadataError> {
+        let row = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+            .bind(repository.as_str())
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(db_error)?;
+        let Some(row) = row else { return Ok(None) };
+        let id: i64 = column(&row, 0)?;
+        let rows = sqlx::query("SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3")
+            .bind(id)
+            .bind(last.unwrap_or(""))
+            .bind(limit_arg(limit))
+            .fetch_all(&self.reads)
+            .await
+            .map_err(db_error)?;
+        page(rows, limit).map(Some)
+    }
+
+    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Page, MetadataError> {
+        let rows = sqlx::query("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
+            .bind(last.unwrap_or(""))
+            .bind(limit_arg(limit))
+            .fetch_all(&self.reads)
+            .await
+            .map_err(db_error)?;
+        page(rows, limit)
+    }
+
+    async fn referrers(
+        &self,
+        repository: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>, MetadataError> {
+        let rows = sqlx::query(
+            "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations FROM manifests m \
+             JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.name = $1 AND m.subject = $2 AND ($3 IS NULL OR m.artifact_type = $3) ORDER BY m.digest",
+        )
+        .bind(repository.as_str())
+        .bind(subject.as_str())
+        .bind(artifact_type)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Referrer {
+                    digest: digest_column(r, 0)?,
+                    media_type: column(r, 1)?,
+                    size: size_column(r, 2)?,
+                    artifact_type: column(r, 3)?,
+                    annotations: column(r, 4)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), MetadataError> {
+        sqlx::query("SELECT 1").execute(&self.reads).await.map(|_| ()).map_err(db_error)
+    }
+}

@@ -1,0 +1,112 @@
+//! Blob reads, deletes and cross-repository mounts.
+
+use tracing::instrument;
+
+use super::{Error, Registry};
+use crate::oci::{Digest, RepoName};
+use crate::storage::{ByteRange, ByteStream};
+
+/// A `Range` request, before the blob's size is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// `bytes=start-` or `bytes=start-end`.
+    From { start: u64, end: Option<u64> },
+    /// `bytes=-n`: the last `n` bytes.
+    Suffix(u64),
+}
+
+impl RangeRequest {
+    /// The bytes this request asks for in a blob of `size` bytes, if any (RFC 9110 §14.1.2).
+    pub fn resolve(self, size: u64) -> Option<ByteRange> {
+        match self {
+            RangeRequest::From { start, end } if start < size => {
+                let end = end.map_or(size - 1, |e| e.min(size - 1));
+                (end >= start).then_some(ByteRange { start, end })
+            }
+            RangeRequest::Suffix(n) if n > 0 && size > 0 => {
+                Some(ByteRange { start: size.saturating_sub(n), end: size - 1 })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A blob being read.
+pub struct BlobRead {
+    /// Size of the whole blob.
+    pub size: u64,
+    /// The part being sent, when a range was asked for.
+    pub range: Option<ByteRange>,
+    pub body: ByteStream,
+}
+
+impl Registry {
+    /// Size of a blob linked to the repository (`HEAD`): answered from metadata alone.
+    pub async fn blob_size(&self, repository: &RepoName, digest: &Digest) -> Result<u64, Error> {
+        self.metadata.blob_in_repository(repository, digest).await?.ok_or(Error::BlobUnknown)
+    }
+
+    /// A blob's bytes, or a range of them (`GET`).
+    #[instrument(skip(self), fields(repository = %repository, digest = %digest))]
+    pub async fn read_blob(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+        range: Option<RangeRequest>,
+    ) -> Result<BlobRead, Error> {
+        let size = self.blob_size(repository, digest).await?;
+        let range = match range {
+            Some(r) => Some(r.resolve(size).ok_or(Error::RangeNotSatisfiable { size })?),
+            None => None,
+        };
+        let body = self.blobs.get(digest, range).await.map_err(|e| {
+            if e.is_not_found() {
+                // Metadata says the blob is there but its bytes are not: that is data loss, not
+                // something the client did.
+                Error::Internal(format!("blob {digest} is recorded but missing from the blob store"))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(BlobRead { size, range, body })
+    }
+
+    /// Unlinks a blob from the repository; its bytes stay for other repositories until the
+    /// garbage collector finds nothing links them.
+    #[instrument(skip(self), fields(repository = %repository, digest = %digest))]
+    pub async fn delete_blob(&self, repository: &RepoName, digest: &Digest) -> Result<(), Error> {
+        self.check_delete_enabled()?;
+        if self.metadata.unlink_blob(repository, digest).await? { Ok(()) } else { Err(Error::BlobUnknown) }
+    }
+
+    /// Links a blob that `from` holds into `repository` without moving any bytes. `None`
+    /// when `from` does not hold it, and the client has to upload it.
+    #[instrument(skip(self), fields(repository = %repository, digest = %digest, from = %from))]
+    pub async fn mount_blob(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+        from: &RepoName,
+    ) -> Result<Option<u64>, Error> {
+        Ok(self.metadata.mount_blob(from, repository, digest).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_resolve_as_rfc_9110_says() {
+        let r = |start, end| Some(ByteRange { start, end });
+        assert_eq!(RangeRequest::From { start: 0, end: Some(9) }.resolve(100), r(0, 9));
+        assert_eq!(RangeRequest::From { start: 90, end: Some(200) }.resolve(100), r(90, 99));
+        assert_eq!(RangeRequest::From { start: 5, end: None }.resolve(10), r(5, 9));
+        assert_eq!(RangeRequest::Suffix(3).resolve(10), r(7, 9));
+        assert_eq!(RangeRequest::Suffix(30).resolve(10), r(0, 9));
+        assert_eq!(RangeRequest::From { start: 10, end: None }.resolve(10), None);
+        assert_eq!(RangeRequest::From { start: 5, end: Some(4) }.resolve(10), None);
+        assert_eq!(RangeRequest::Suffix(0).resolve(10), None);
+        assert_eq!(RangeRequest::Suffix(1).resolve(0), None);
+    }
+}

@@ -1,0 +1,94 @@
+//! Domain errors. Each variant is one row of the error table in `api::error`, which gives it
+//! its OCI error code and HTTP status.
+
+use crate::metadata::MetadataError;
+use crate::oci::{Digest, NameError};
+use crate::sessions::SessionError;
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("blob unknown to registry")]
+    BlobUnknown,
+    #[error("blob upload unknown to registry")]
+    BlobUploadUnknown,
+    #[error("blob upload invalid: {0}")]
+    BlobUploadInvalid(String),
+    /// A chunk that does not start where the upload stands, or that arrived while another
+    /// chunk of the upload was being written.
+    #[error("{reason}; the upload stands at offset {offset}")]
+    UploadOutOfOrder { offset: u64, reason: String },
+    #[error("requested range not satisfiable: the blob has {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("manifest references content unknown to this repository: {}", list(.0))]
+    ManifestBlobUnknown(Vec<Digest>),
+    #[error("{0}")]
+    ManifestInvalid(String),
+    #[error("manifest unknown to registry")]
+    ManifestUnknown,
+    #[error("manifest is larger than the limit of {limit} bytes")]
+    ManifestTooLarge { limit: usize },
+    #[error("{0}")]
+    NameInvalid(String),
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    #[error("{0}")]
+    TagInvalid(String),
+    #[error("{0}")]
+    SizeInvalid(String),
+    #[error("{0}")]
+    PaginationInvalid(String),
+    #[error("too many tags in one request (at most {limit})")]
+    TooManyTags { limit: usize },
+    #[error("deletes are disabled on this registry")]
+    DeleteDisabled,
+    /// A backend cannot be reached; the client may retry.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// Something that is not the client's doing; details are in the server log.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn list(digests: &[Digest]) -> String {
+    digests.iter().map(Digest::as_str).collect::<Vec<_>>().join(", ")
+}
+
+impl From<NameError> for Error {
+    fn from(e: NameError) -> Self {
+        match e {
+            NameError::Repository(..) => Error::NameInvalid(e.to_string()),
+            NameError::Tag(_) => Error::TagInvalid(e.to_string()),
+            NameError::Digest(..) => Error::DigestInvalid(e.to_string()),
+        }
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Unavailable(m) => Error::Unavailable(m),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<MetadataError> for Error {
+    fn from(e: MetadataError) -> Self {
+        match e {
+            MetadataError::Unavailable(m) => Error::Unavailable(m),
+            MetadataError::Other(m) => Error::Internal(m),
+        }
+    }
+}
+
+impl From<SessionError> for Error {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Unavailable(m) => Error::Unavailable(m),
+            SessionError::Other(m) => Error::Internal(m),
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Blob uploads: sessions, chunks, digest verification and commit.
+//!
+//! Every chunk is written under the session's lock and starts exactly at the offset the
+//! session records. The session (offset, hash state, store handle) is saved only after the
+//! store has taken every byte of the chunk, so a chunk that fails half-way changes nothing:
+//! the upload stays at its last saved offset and the chunk can be sent again.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use tracing::instrument;
+
+use super::{Body, Error, Registry};
+use crate::oci::{Algorithm, Digest, Hasher, RepoName};
+use crate::sessions::{LockToken, SessionStore, UploadSession};
+use crate::storage::UploadWriter;
+
+/// Where an upload stands, for the response headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadState {
+    pub id: String,
+    /// Bytes received so far.
+    pub offset: u64,
+}
+
+/// One chunk of an upload: the body and what the request headers claim about it.
+pub struct Chunk {
+    /// Inclusive byte range from `Content-Range`.
+    pub range: Option<(u64, u64)>,
+    /// `Content-Length`, when the body is not sent with chunked transfer encoding.
+    pub length: Option<u64>,
+    pub body: Body,
+}
+
+/// A held session lock, released when dropped (also when the request is cancelled because
+/// the client went away).
+struct HeldLock {
+    sessions: Arc<dyn SessionStore>,
+    id: String,
+    token: Option<LockToken>,
+}
+
+impl HeldLock {
+    fn token(&self) -> &LockToken {
+        self.token.as_ref().expect("token is only taken on drop")
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        let (Some(token), Ok(runtime)) = (self.token.take(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let (sessions, id) = (self.sessions.clone(), std::mem::take(&mut self.id));
+        runtime.spawn(async move {
+            if let Err(e) = sessions.unlock(&id, &token).await {
+                tracing::warn!(upload = %id, error = %e, "could not release upload lock; it expires by itself");
+            }
+        });
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Registry {
+    /// Opens an upload session in `repository` (`POST /v2/<name>/blobs/uploads/`).
+    #[instrument(skip(self), fields(repository = %repository))]
+    pub async fn start_upload(&self, repository: &RepoName, algorithm: Algorithm) -> Result<UploadState, Error> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let handle = self.blobs.start_upload(&id).await?;
+        let session = UploadSession {
+            id: id.clone(),
+            repository: repository.to_string(),
+            algorithm,
+            offset: 0,
+            hash_state: Hasher::new(algorithm).save(),
+            handle,
+            created_at: now_ms(),
+        };
+        if let Err(e) = self.sessions.create(&session).await {
+            let _ = self.blobs.abort_upload(&id, Some(&session.handle)).await;
+            return Err(e.into());
+        }
+        Ok(UploadState { id, offset: 0 })
+    }
+
+    /// Where an upload stands (`GET <location>`).
+    pub async fn upload_state(&self, repository: &RepoName, id: &str) -> Result<UploadState, Error> {
+        let session = self.session(repository, id).await?;
+        Ok(UploadState { id: session.id, offset: session.offset })
+    }
+
+    /// Appends a chunk (`PATCH <location>`).
+    #[instrument(skip(self, chunk), fields(repository = %repository))]
+    pub async fn write_chunk(&self, repository: &RepoName, id: &str, chunk: Chunk) -> Result<UploadState, Error> {
+        let (mut session, lock) = self.lock_session(repository, id).await?;
+        self.append(&mut session, &lock, chunk).await?;
+        self.save(&session, &lock).await?;
+        Ok(UploadState { id: session.id, offset: session.offset })
+    }
+
+    /// Appends the last chunk if there is one, verifies the digest and makes the blob
+    /// visible in the repository (`PUT <location>?digest=`). Returns the blob's size.
+    #[instrument(skip(self, chunk), fields(repository = %repository, digest = %digest))]
+    pub async fn finish_upload(
+        &self,
+        repository: &RepoName,
+        id: &str,
+        digest: &Digest,
+        chunk: Option<Chunk>,
+    ) -> Result<u64, Error> {
+        let (mut session, lock) = self.lock_session(repository, id).await?;
+        // The algorithm is fixed by the first byte hashed; until then the digest decides it,
+        // so a POST without `digest-algorithm` followed by one PUT works for sha512 too.
+        if session.offset == 0 && session.algorithm != digest.algorithm() {
+            session.algorithm = digest.algorithm();
+            session.hash_state = Hasher::new(session.algorithm).save();
+        }
+        if let Some(chunk) = chunk {
+            self.append(&mut session, &lock, chunk).await?;
+        }
+        if session.algorithm != digest.algorithm() {
+            self.discard(&session).await;
+            return Err(Error::DigestInvalid(format!(
+                "the upload was hashed with {} but the digest is {}; start the upload with ?digest-algorithm={}",
+                session.algorithm,
+                digest.algorithm(),
+                digest.algorithm()
+            )));
+        }
+        let computed = restore_hasher(&session)?.finish();
+        if computed != *digest {
+            self.discard(&session).await;
+            return Err(Error::DigestInvalid(format!(
+                "provided digest {digest} does not match the uploaded content ({computed}, {} bytes)",
+                session.offset
+            )));
+        }
+        let size = session.offset;
+        // A blob with this digest may be stored already (pushed to another repository, or
+        // by this very upload on an attempt whose response was lost): keep one copy.
+        if self.blobs.stat(digest).await? == Some(size) {
+            self.blobs.abort_upload(&session.id, Some(&session.handle)).await?;
+        } else {
+            self.blobs.commit_upload(&session.id, &session.handle, size, digest).await?;
+        }
+        self.metadata.link_blob(repository, digest, size).await?;
+        self.sessions.delete(&session.id).await?;
+        drop(lock);
+        Ok(size)
+    }
+
+    /// Uploads a whole blob in one request (`POST ?digest=` with a body).
+    pub async fn push_blob(&self, repository: &RepoName, digest: &Digest, chunk: Chunk) -> Result<u64, Error> {
+        let upload = self.start_upload(repository, digest.algorithm()).await?;
+        let result = self.finish_upload(repository, &upload.id, digest, Some(chunk)).await;
+        if result.is_err() {
+            // The client never learnt of this session, so nobody will resume it.
+            let _ = self.cancel_upload(repository, &upload.id).await;
+        }
+        result
+    }
+
+    /// Cancels an upload and discards its bytes (`DELETE <location>`).
+    #[instrument(skip(self), fields(repository = %repository))]
+    pub async fn cancel_upload(&self, repository: &RepoName, id: &str) -> Result<(), Error> {
+        let session = self.session(repository, id).await?;
+        self.sessions.delete(id).await?;
+        self.blobs.abort_upload(id, Some(&session.handle)).await?;
+        Ok(())
+    }
+
+    /// The session `id`, if it exists and belongs to `repository`.
+    async fn session(&self, repository: &RepoName, id: &str) -> Result<UploadSession, Error> {
+        match self.sessions.get(id).await? {
+            Some(s) if s.repository == repository.as_str() => Ok(s),
+            _ => Err(Error::BlobUploadUnknown),
+        }
+    }
+
+    async fn lock_session(&self, repository: &RepoName, id: &str) -> Result<(UploadSession, HeldLock), Error> {
+        let session = self.session(repository, id).await?;
+        let Some(token) = self.sessions.lock(id, self.policy.lock_ttl).await? else {
+            return Err(Error::UploadOutOfOrder {
+                offset: session.offset,
+                reason: "another chunk of this upload is being written".into(),
+            });
+        };
+        let lock = HeldLock { sessions: self.sessions.clone(), id: id.to_owned(), token: Some(token) };
+        // Read again under the lock: another replica may have saved a chunk in between.
+        let session = self.session(repository, id).await?;
+        Ok((session, lock))
+    }
+
+    async fn save(&self, session: &UploadSession, lock: &HeldLock) -> Result<(), Error> {
+        if self.sessions.save(session, lock.token()).await? {
+            Ok(())
+        } else {
+            Err(Error::UploadOutOfOrder {
+                offset: session.offset,
+                reason: "the upload's lock expired while this chunk was written; send it again".into(),
+            })
+        }
+    }
+
+    /// Drops a failed upload for good: its bytes and its session.
+    async fn discard(&self, session: &UploadSession) {
+        if let Err(e) = self.sessions.delete(&session.id).await {
+            tracing::warn!(upload = %session.id, error = %e, "could not delete upload session");
+        }
+        if let Err(e) = self.blobs.abort_upload(&session.id, Some(&session.handle)).await {
+            tracing::warn!(upload = %session.id, error = %e, "could not discard upload; the janitor will");
+        }
+    }
+
+    /// Streams a chunk into the store and advances `session` past it (not saved yet).
+    async fn append(&self, session: &mut UploadSession, lock: &HeldLock, chunk: Chunk) -> Result<(), Error> {
+        let Chunk { range, length, mut body } = chunk;
+        let expected = match (range, length) {
+            (Some((start, _)), _) if start != session.offset => {
+                return Err(Error::UploadOutOfOrder {
+                    offset: session.offset,
+                    reason: format!("the chunk starts at byte {start}"),
+                });
+            }
+            (Some((start, end)), Some(len)) if end - start + 1 != len => {
+                return Err(Error::SizeInvalid(format!(
+                    "Content-Range covers {} bytes but Content-Length is {len}",
+                    end - start + 1
+                )));
+            }
+            (Some((start, end)), _) => Some(end - start + 1),
+            (None, len) => len,
+        };
+        let mut hasher = restore_hasher(session)?;
+        let mut writer: Option<Box<dyn UploadWriter>> = None;
+        let mut received = 0u64;
+        let mut renewed = Instant::now();
+        let timeout = self.policy.body_idle_timeout;
+        loop {
+            let next = tokio::time::timeout(timeout, body.next()).await.map_err(|_| {
+                Error::BlobUploadInvalid(format!("the request body sent nothing for {}s", timeout.as_secs()))
+            })?;
+            let Some(bytes) = next else { break };
+            let bytes = bytes.map_err(|e| Error::BlobUploadInvalid(format!("the request body broke off: {e}")))?;
+            received += bytes.len() as u64;
+            if expected.is_some_and(|n| received > n) {
+                return Err(Error::SizeInvalid(format!(
+                    "the body is longer than the {} bytes announced",
+                    expected.unwrap_or(0)
+                )));
+            }
+            hasher.update(&bytes);
+            let w = match &mut writer {
+                Some(w) => w,
+                None => writer.insert(self.blobs.open_writer(&session.id, &session.handle, session.offset).await?),
+            };
+            w.write(bytes).await?;
+            if renewed.elapsed() > self.policy.lock_ttl / 3 {
+                if !self.sessions.renew(&session.id, lock.token(), self.policy.lock_ttl).await? {
+                    return Err(Error::UploadOutOfOrder {
+                        offset: session.offset,
+                        reason: "the upload's lock was lost while this chunk was written".into(),
+                    });
+                }
+                renewed = Instant::now();
+            }
+        }
+        if let Some(n) = expected.filter(|&n| n != received) {
+            return Err(Error::SizeInvalid(format!("received {received} bytes but {n} were announced")));
+        }
+        if let Some(w) = writer {
+            session.handle = w.finish().await?;
+        }
+        session.offset += received;
+        session.hash_state = hasher.save();
+        Ok(())
+    }
+}
+
+fn restore_hasher(session: &UploadSession) -> Result<Hasher, Error> {
+    Hasher::restore(session.algorithm, &session.hash_state)
+        .ok_or_else(|| Error::Internal(format!("upload {} has a corrupt hash state", session.id)))
+}

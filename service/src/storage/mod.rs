@@ -1,0 +1,140 @@
+//! The `BlobStore` port: where blob bytes live, content-addressed, and where uploads in
+//! progress accumulate until they are committed.
+//!
+//! Implementations: [`filesystem::FilesystemStore`] (the embedded default). Every
+//! implementation passes the contract suite in `tests/blobstore_contract.rs`.
+//!
+//! The store knows nothing of repositories, sessions or metadata: the domain layer decides
+//! *whether* a blob may be read or committed; the store only moves bytes.
+
+pub mod filesystem;
+
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::oci::Digest;
+
+/// Blob bytes as they arrive from the store.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send>>;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The blob or upload does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The store cannot be reached or refuses service for now; the request may be retried.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StorageError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound)
+            || matches!(self, StorageError::Io(e) if e.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// An inclusive byte range of a blob, already checked against its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    pub fn len(&self) -> u64 {
+        self.end - self.start + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// The store's state for one upload in progress (part numbers, temporary keys, …), saved
+/// in the upload session between chunks so that any replica can continue it. Opaque to
+/// everything but the store that made it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UploadHandle(pub serde_json::Value);
+
+/// An upload the store holds, as the janitor sees it.
+#[derive(Clone, Debug)]
+pub struct StoredUpload {
+    pub id: String,
+    /// Last time bytes were written to it.
+    pub modified: SystemTime,
+}
+
+/// Blob storage.
+///
+/// Contract (checked by the suite):
+/// - Blobs are immutable and addressed by digest; `commit_upload` of a digest that already
+///   exists keeps the existing bytes and discards the upload (one copy per digest).
+/// - `stat`/`get` of a missing blob return `Ok(None)` / `Err(NotFound)`.
+/// - An upload is written through a [`UploadWriter`] opened at the offset the session holds;
+///   bytes past that offset from an earlier, failed writer are discarded, so a chunk that
+///   failed half-way can simply be sent again.
+/// - `abort_upload` and `delete` are idempotent.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Short backend name for logs and metrics.
+    fn kind(&self) -> &'static str;
+
+    /// Size of the blob, or `None` if it is not stored.
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StorageError>;
+
+    /// The blob's bytes, or only `range` of them.
+    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, StorageError>;
+
+    /// Removes a blob. Only the garbage collector calls this.
+    async fn delete(&self, digest: &Digest) -> Result<(), StorageError>;
+
+    /// Prepares a new upload with the given id.
+    async fn start_upload(&self, id: &str) -> Result<UploadHandle, StorageError>;
+
+    /// Opens the upload for appending at `offset`.
+    async fn open_writer(
+        &self,
+        id: &str,
+        handle: &UploadHandle,
+        offset: u64,
+    ) -> Result<Box<dyn UploadWriter>, StorageError>;
+
+    /// Makes the first `size` bytes of the upload the blob `digest` (already verified by
+    /// the caller), and releases the upload.
+    async fn commit_upload(
+        &self,
+        id: &str,
+        handle: &UploadHandle,
+        size: u64,
+        digest: &Digest,
+    ) -> Result<(), StorageError>;
+
+    /// Discards an upload and everything it stored; `handle` is `None` when the session that
+    /// knew it is gone.
+    async fn abort_upload(&self, id: &str, handle: Option<&UploadHandle>) -> Result<(), StorageError>;
+
+    /// Uploads the store holds, for the janitor to find the ones no session knows any more.
+    async fn list_uploads(&self) -> Result<Vec<StoredUpload>, StorageError>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StorageError>;
+}
+
+/// Appends the bytes of one chunk to an upload.
+#[async_trait]
+pub trait UploadWriter: Send {
+    async fn write(&mut self, bytes: Bytes) -> Result<(), StorageError>;
+
+    /// Waits until every byte written is stored and returns the handle to save in the session.
+    /// Dropping a writer without calling this abandons the chunk.
+    async fn finish(self: Box<Self>) -> Result<UploadHandle, StorageError>;
+}
