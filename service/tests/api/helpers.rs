@@ -1,0 +1,197 @@
+//! A real Berth on port 0 with its own data directory, driven over HTTP.
+
+use std::time::Duration;
+
+use berth::config::Settings;
+use berth::oci::{Algorithm, Digest};
+use reqwest::{Client, Method, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: Client,
+    pub settings: Settings,
+    pub handle: actix_web::dev::ServerHandle,
+    /// The server's own registry, for what HTTP cannot reach (the janitor).
+    pub registry: berth::registry::Registry,
+    /// Keeps the data directory alive for the test's duration.
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+/// Starts a server whose settings `configure` may change first.
+pub async fn spawn_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().to_path_buf(),
+        workers: Some(2),
+        ..Settings::default()
+    };
+    configure(&mut settings);
+    start(settings, dir).await
+}
+
+/// Starts a server on an existing data directory (to check what survives a restart).
+pub async fn start(settings: Settings, dir: tempfile::TempDir) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
+    }
+    let (running, server) = berth::server::start(&settings).await.expect("server starts");
+    tokio::spawn(server);
+    let client = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    TestApp {
+        base: format!("http://{}", running.addr),
+        client,
+        settings,
+        handle: running.handle,
+        registry: running.registry,
+        dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http") { path.to_owned() } else { format!("{}{}", self.base, path) }
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path).send().await.expect("GET")
+    }
+
+    pub async fn head(&self, path: &str) -> Response {
+        self.request(Method::HEAD, path).send().await.expect("HEAD")
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.request(Method::DELETE, path).send().await.expect("DELETE")
+    }
+
+    /// Stops the server, keeping its data directory.
+    pub async fn stop(self) -> (Settings, tempfile::TempDir) {
+        self.handle.stop(true).await;
+        (self.settings, self.dir)
+    }
+
+    /// `POST /v2/<repo>/blobs/uploads/`; returns the upload location.
+    pub async fn start_upload(&self, repo: &str) -> String {
+        let r = self.request(Method::POST, &format!("/v2/{repo}/blobs/uploads/")).send().await.expect("POST");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        location(&r)
+    }
+
+    /// Pushes a blob in one request; returns its digest.
+    pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> Digest {
+        let digest = sha256(bytes);
+        let r = self
+            .request(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"))
+            .header("Content-Type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap_or_default());
+        digest
+    }
+
+    /// Pushes a manifest; returns the response.
+    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Response {
+        self.request(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("Content-Type", media_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("PUT")
+    }
+
+    /// Pushes a small image (config and one layer) tagged `tag`; returns the manifest.
+    pub async fn push_image(&self, repo: &str, tag: &str, seed: &str) -> Image {
+        let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#).into_bytes();
+        let layer = format!("layer of {seed}").repeat(100).into_bytes();
+        let config_digest = self.push_blob(repo, &config).await;
+        let layer_digest = self.push_blob(repo, &layer).await;
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest.as_str(), "size": config.len()},
+            "layers": [{"mediaType": OCI_LAYER, "digest": layer_digest.as_str(), "size": layer.len()}],
+        });
+        let bytes = serde_json::to_vec_pretty(&manifest).expect("json");
+        let r = self.put_manifest(repo, tag, OCI_MANIFEST, &bytes).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap_or_default());
+        Image { digest: sha256(&bytes), bytes, manifest, layer_digest }
+    }
+}
+
+/// An image pushed by [`TestApp::push_image`].
+pub struct Image {
+    pub digest: Digest,
+    pub bytes: Vec<u8>,
+    pub manifest: Value,
+    pub layer_digest: Digest,
+}
+
+pub fn sha256(bytes: &[u8]) -> Digest {
+    Digest::compute(Algorithm::Sha256, bytes)
+}
+
+pub fn location(r: &Response) -> String {
+    r.headers().get("location").expect("Location header").to_str().expect("ascii").to_owned()
+}
+
+pub fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Asserts the status and the OCI error code of an error response.
+pub async fn assert_error(r: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(r.status(), status, "unexpected status");
+    let body: Value = r.json().await.expect("error body is JSON");
+    let codes: Vec<&str> =
+        body["errors"].as_array().expect("errors array").iter().filter_map(|e| e["code"].as_str()).collect();
+    assert!(codes.contains(&code), "expected {code} in {body}");
+    body
+}
+
+/// Bytes that are not all the same, so that misplaced chunks would change the digest.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+pub async fn wait_until(mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not met in time");
+}
+
+/// Sends a raw HTTP/1.1 request and returns what the server answered, if anything.
+pub async fn raw_request(app: &TestApp, head: &str, body: &[u8], close_early: bool) -> String {
+    let addr = app.base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(body).await.unwrap();
+    if close_early {
+        // Half-close: the server sees the body end before Content-Length bytes came.
+        socket.shutdown().await.unwrap();
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
