@@ -1,0 +1,173 @@
+//! The `MetadataStore` contract.
+
+use std::sync::Arc;
+
+use berth::metadata::{MetadataStore, NewManifest, Page, PutManifest};
+use berth::oci::{Algorithm, Digest, Reference, RepoName, Tag};
+
+fn repo(name: &str) -> RepoName {
+    name.parse().unwrap()
+}
+
+fn tag(name: &str) -> Tag {
+    name.parse().unwrap()
+}
+
+fn digest(seed: &str) -> Digest {
+    Digest::compute(Algorithm::Sha256, seed.as_bytes())
+}
+
+fn manifest(repository: &str, payload: &str, blobs: Vec<(Digest, u64)>) -> NewManifest {
+    NewManifest {
+        repository: repo(repository),
+        digest: digest(payload),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        payload: payload.as_bytes().to_vec(),
+        artifact_type: None,
+        subject: None,
+        annotations: None,
+        blobs,
+        manifests: Vec::new(),
+    }
+}
+
+pub async fn blob_links_are_per_repository(store: Arc<dyn MetadataStore>) {
+    let (a, b, d) = (repo("a"), repo("b"), digest("blob"));
+    assert_eq!(store.blob_in_repository(&a, &d).await.unwrap(), None);
+    store.link_blob(&a, &d, 10).await.unwrap();
+    store.link_blob(&a, &d, 10).await.unwrap();
+    assert_eq!(store.blob_in_repository(&a, &d).await.unwrap(), Some(10));
+    assert_eq!(store.blob_in_repository(&b, &d).await.unwrap(), None);
+    assert!(store.unlink_blob(&a, &d).await.unwrap());
+    assert!(!store.unlink_blob(&a, &d).await.unwrap());
+    assert_eq!(store.blob_in_repository(&a, &d).await.unwrap(), None);
+    store.ping().await.unwrap();
+}
+
+pub async fn mounts_need_the_blob_in_the_source(store: Arc<dyn MetadataStore>) {
+    let (a, b, d) = (repo("src"), repo("dst"), digest("layer"));
+    assert_eq!(store.mount_blob(&a, &b, &d).await.unwrap(), None);
+    assert_eq!(store.blob_in_repository(&b, &d).await.unwrap(), None);
+    store.link_blob(&a, &d, 7).await.unwrap();
+    assert_eq!(store.mount_blob(&a, &b, &d).await.unwrap(), Some(7));
+    assert_eq!(store.blob_in_repository(&b, &d).await.unwrap(), Some(7));
+}
+
+pub async fn a_manifest_with_missing_references_stores_nothing(store: Arc<dyn MetadataStore>) {
+    let r = repo("m");
+    let (present, absent) = (digest("present"), digest("absent"));
+    store.link_blob(&r, &present, 5).await.unwrap();
+    let m = manifest("m", "broken", vec![(present.clone(), 5), (absent.clone(), 3)]);
+    assert_eq!(store.put_manifest(&m, &[tag("t")]).await.unwrap(), PutManifest::Missing(vec![absent]));
+    assert_eq!(store.get_manifest(&r, &Reference::Digest(m.digest.clone()), false).await.unwrap(), None);
+    assert_eq!(store.get_manifest(&r, &Reference::Tag(tag("t")), false).await.unwrap(), None);
+    let wrong = manifest("m", "wrong size", vec![(present.clone(), 6)]);
+    assert_eq!(store.put_manifest(&wrong, &[]).await.unwrap(), PutManifest::WrongSize(vec![present]));
+    let child = manifest("m", "index", Vec::new());
+    let mut index = manifest("m", "index of missing", Vec::new());
+    index.manifests = vec![(child.digest.clone(), 5)];
+    assert!(matches!(store.put_manifest(&index, &[]).await.unwrap(), PutManifest::Missing(_)));
+    store.put_manifest(&child, &[]).await.unwrap();
+    assert_eq!(store.put_manifest(&index, &[]).await.unwrap(), PutManifest::Stored);
+}
+
+pub async fn manifests_and_tags(store: Arc<dyn MetadataStore>) {
+    let r = repo("lib/app");
+    let layer = digest("layer");
+    store.link_blob(&r, &layer, 5).await.unwrap();
+    let first = manifest("lib/app", "first", vec![(layer.clone(), 5)]);
+    let second = manifest("lib/app", "second", vec![(layer.clone(), 5)]);
+    assert_eq!(store.put_manifest(&first, &[tag("v1"), tag("latest")]).await.unwrap(), PutManifest::Stored);
+    assert_eq!(store.put_manifest(&first, &[]).await.unwrap(), PutManifest::Stored, "idempotent");
+    let by_tag = store.get_manifest(&r, &Reference::Tag(tag("latest")), true).await.unwrap().unwrap();
+    assert_eq!(by_tag.digest, first.digest);
+    assert_eq!(by_tag.payload.as_deref(), Some(&b"first"[..]));
+    assert_eq!(by_tag.size, 5);
+    let head = store.get_manifest(&r, &Reference::Digest(first.digest.clone()), false).await.unwrap().unwrap();
+    assert_eq!((head.payload, head.media_type.as_str()), (None, "application/vnd.oci.image.manifest.v1+json"));
+    // Moving a tag leaves the other tag and the old manifest alone.
+    store.put_manifest(&second, &[tag("latest")]).await.unwrap();
+    let latest = store.get_manifest(&r, &Reference::Tag(tag("latest")), false).await.unwrap().unwrap();
+    assert_eq!(latest.digest, second.digest);
+    assert_eq!(store.get_manifest(&r, &Reference::Tag(tag("v1")), false).await.unwrap().unwrap().digest, first.digest);
+    assert_eq!(store.get_manifest(&repo("other"), &Reference::Tag(tag("v1")), false).await.unwrap(), None);
+    // Deleting a tag keeps the manifest; deleting a manifest takes its tags.
+    assert!(store.delete_tag(&r, &tag("v1")).await.unwrap());
+    assert!(!store.delete_tag(&r, &tag("v1")).await.unwrap());
+    assert!(store.get_manifest(&r, &Reference::Digest(first.digest.clone()), false).await.unwrap().is_some());
+    assert!(store.delete_manifest(&r, &second.digest).await.unwrap());
+    assert!(!store.delete_manifest(&r, &second.digest).await.unwrap());
+    assert_eq!(store.get_manifest(&r, &Reference::Tag(tag("latest")), false).await.unwrap(), None);
+}
+
+pub async fn listings_are_sorted_and_paged(store: Arc<dyn MetadataStore>) {
+    let r = repo("t");
+    assert_eq!(store.list_tags(&r, None, 10).await.unwrap(), None);
+    let m = manifest("t", "m", Vec::new());
+    let tags: Vec<Tag> = ["b", "a", "B", "_", "0", "a-1"].iter().map(|t| tag(t)).collect();
+    store.put_manifest(&m, &tags).await.unwrap();
+    let page = |items: &[&str], more| Page { items: items.iter().map(|s| s.to_string()).collect(), more };
+    assert_eq!(store.list_tags(&r, None, 100).await.unwrap().unwrap(), page(&["0", "B", "_", "a", "a-1", "b"], false));
+    assert_eq!(store.list_tags(&r, None, 2).await.unwrap().unwrap(), page(&["0", "B"], true));
+    assert_eq!(store.list_tags(&r, Some("_"), 2).await.unwrap().unwrap(), page(&["a", "a-1"], true));
+    assert_eq!(store.list_tags(&r, Some("a-1"), 2).await.unwrap().unwrap(), page(&["b"], false));
+    for name in ["z", "t/x", "a"] {
+        store.link_blob(&repo(name), &digest("x"), 1).await.unwrap();
+    }
+    assert_eq!(store.list_repositories(None, 3).await.unwrap(), page(&["a", "t", "t/x"], true));
+    assert_eq!(store.list_repositories(Some("t/x"), 3).await.unwrap(), page(&["z"], false));
+}
+
+pub async fn referrers_by_subject_and_artifact_type(store: Arc<dyn MetadataStore>) {
+    let r = repo("refs");
+    let subject = digest("subject");
+    let mut sbom = manifest("refs", "sbom", Vec::new());
+    sbom.subject = Some(subject.clone());
+    sbom.artifact_type = Some("application/sbom".into());
+    sbom.annotations = Some(r#"{"k":"v"}"#.into());
+    let mut sig = manifest("refs", "sig", Vec::new());
+    sig.subject = Some(subject.clone());
+    sig.artifact_type = Some("application/sig".into());
+    store.put_manifest(&sbom, &[]).await.unwrap();
+    store.put_manifest(&sig, &[]).await.unwrap();
+    store.put_manifest(&manifest("refs", "unrelated", Vec::new()), &[]).await.unwrap();
+    let all = store.referrers(&r, &subject, None).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let only = store.referrers(&r, &subject, Some("application/sbom")).await.unwrap();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].digest, sbom.digest);
+    assert_eq!(only[0].annotations.as_deref(), Some(r#"{"k":"v"}"#));
+    assert_eq!(only[0].size, 4);
+    assert!(store.referrers(&repo("elsewhere"), &subject, None).await.unwrap().is_empty());
+}
+
+macro_rules! metadata_store_contract {
+    ($backend:ident, $make:ident) => {
+        mod $backend {
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test]
+                    async fn $name() {
+                        let (store, _keep) = super::$make().await;
+                        super::$name(store).await;
+                    }
+                };
+            }
+            case!(blob_links_are_per_repository);
+            case!(mounts_need_the_blob_in_the_source);
+            case!(a_manifest_with_missing_references_stores_nothing);
+            case!(manifests_and_tags);
+            case!(listings_are_sorted_and_paged);
+            case!(referrers_by_subject_and_artifact_type);
+        }
+    };
+}
+
+async fn sqlite() -> (Arc<dyn MetadataStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
+    let store = berth::metadata::sql::SqlMetadata::connect(&url, true).await.unwrap();
+    (Arc::new(store), dir)
+}
+
+metadata_store_contract!(sqlite, sqlite);

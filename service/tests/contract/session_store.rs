@@ -1,0 +1,126 @@
+//! The `SessionStore` contract.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth::oci::Algorithm;
+use berth::sessions::{LockToken, SessionStore, UploadSession};
+use berth::storage::UploadHandle;
+
+/// Idle timeout the factories give their stores.
+pub const IDLE: Duration = Duration::from_millis(600);
+
+fn session() -> UploadSession {
+    UploadSession {
+        id: uuid::Uuid::new_v4().to_string(),
+        repository: "a/b".into(),
+        algorithm: Algorithm::Sha256,
+        offset: 0,
+        hash_state: vec![1, 2, 3, 255],
+        handle: UploadHandle(serde_json::json!({"parts": [1, 2]})),
+        created_at: 42,
+    }
+}
+
+pub async fn sessions_round_trip(store: Arc<dyn SessionStore>) {
+    let s = session();
+    assert_eq!(store.get(&s.id).await.unwrap(), None);
+    store.create(&s).await.unwrap();
+    assert_eq!(store.get(&s.id).await.unwrap(), Some(s.clone()));
+    store.ping().await.unwrap();
+}
+
+pub async fn one_lock_holder_at_a_time(store: Arc<dyn SessionStore>) {
+    let s = session();
+    store.create(&s).await.unwrap();
+    let token = store.lock(&s.id, Duration::from_secs(30)).await.unwrap().expect("first lock");
+    assert_eq!(store.lock(&s.id, Duration::from_secs(30)).await.unwrap(), None);
+    store.unlock(&s.id, &LockToken("someone else".into())).await.unwrap();
+    assert_eq!(store.lock(&s.id, Duration::from_secs(30)).await.unwrap(), None, "a stranger cannot unlock");
+    store.unlock(&s.id, &token).await.unwrap();
+    assert!(store.lock(&s.id, Duration::from_secs(30)).await.unwrap().is_some());
+    assert_eq!(store.lock("no-such-session", Duration::from_secs(30)).await.unwrap(), None);
+}
+
+pub async fn only_the_lock_holder_saves(store: Arc<dyn SessionStore>) {
+    let mut s = session();
+    store.create(&s).await.unwrap();
+    s.offset = 100;
+    assert!(!store.save(&s, &LockToken("nobody".into())).await.unwrap());
+    assert_eq!(store.get(&s.id).await.unwrap().unwrap().offset, 0);
+    let token = store.lock(&s.id, Duration::from_secs(30)).await.unwrap().unwrap();
+    assert!(store.save(&s, &token).await.unwrap());
+    assert_eq!(store.get(&s.id).await.unwrap().unwrap().offset, 100);
+}
+
+pub async fn an_unrenewed_lock_expires(store: Arc<dyn SessionStore>) {
+    let s = session();
+    store.create(&s).await.unwrap();
+    let ttl = Duration::from_millis(200);
+    let stale = store.lock(&s.id, ttl).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fresh = store.lock(&s.id, Duration::from_secs(30)).await.unwrap().expect("expired lock is free");
+    assert!(!store.renew(&s.id, &stale, ttl).await.unwrap());
+    assert!(!store.save(&s, &stale).await.unwrap());
+    assert!(store.save(&s, &fresh).await.unwrap());
+}
+
+pub async fn renewing_keeps_the_lock(store: Arc<dyn SessionStore>) {
+    let s = session();
+    store.create(&s).await.unwrap();
+    let ttl = Duration::from_millis(300);
+    let token = store.lock(&s.id, ttl).await.unwrap().unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(store.renew(&s.id, &token, ttl).await.unwrap());
+        // Saving keeps the session alive past its idle timeout too.
+        assert!(store.save(&s, &token).await.unwrap());
+    }
+    assert_eq!(store.lock(&s.id, ttl).await.unwrap(), None);
+}
+
+pub async fn deleted_sessions_are_gone(store: Arc<dyn SessionStore>) {
+    let s = session();
+    store.create(&s).await.unwrap();
+    store.delete(&s.id).await.unwrap();
+    store.delete(&s.id).await.unwrap();
+    assert_eq!(store.get(&s.id).await.unwrap(), None);
+}
+
+pub async fn idle_sessions_expire(store: Arc<dyn SessionStore>) {
+    let s = session();
+    store.create(&s).await.unwrap();
+    tokio::time::sleep(IDLE / 2).await;
+    assert!(store.get(&s.id).await.unwrap().is_some());
+    tokio::time::sleep(IDLE).await;
+    assert_eq!(store.get(&s.id).await.unwrap(), None);
+}
+
+macro_rules! session_store_contract {
+    ($backend:ident, $make:ident) => {
+        mod $backend {
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test]
+                    async fn $name() {
+                        let (store, _keep) = super::$make().await;
+                        super::$name(store).await;
+                    }
+                };
+            }
+            case!(sessions_round_trip);
+            case!(one_lock_holder_at_a_time);
+            case!(only_the_lock_holder_saves);
+            case!(an_unrenewed_lock_expires);
+            case!(renewing_keeps_the_lock);
+            case!(deleted_sessions_are_gone);
+            case!(idle_sessions_expire);
+        }
+    };
+}
+
+async fn memory() -> (Arc<dyn SessionStore>, ()) {
+    (Arc::new(berth::sessions::memory::MemorySessions::new(IDLE)), ())
+}
+
+session_store_contract!(memory, memory);
