@@ -80,7 +80,9 @@ impl Default for Settings {
             body_idle_timeout: policy.body_idle_timeout.as_secs(),
             shutdown_timeout: 30,
             workers: None,
-            log: "info".into(),
+            // A TLS handshake sent to the plain-HTTP port (skopeo and podman try HTTPS first)
+            // is logged by actix as an error; it is the client's business, not the operator's.
+            log: "info,actix_http::h1::dispatcher=off".into(),
             log_format: LogFormat::Text,
         }
     }

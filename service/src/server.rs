@@ -54,7 +54,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Running, Server)> {
             .app_data(state.clone())
             .wrap_fn(|req, service| {
                 let started = Instant::now();
-                let (method, path) = (req.method().clone(), req.path().to_owned());
+                let (method, path, query) = (req.method().clone(), req.path().to_owned(), req.query_string().to_owned());
                 let response = service.call(req);
                 async move {
                     let response = response.await?;
@@ -62,6 +62,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Running, Server)> {
                         target: "berth::access",
                         method = %method,
                         path = %path,
+                        query = %query,
                         status = response.status().as_u16(),
                         micros = started.elapsed().as_micros() as u64,
                         "request"

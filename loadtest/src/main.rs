@@ -1,0 +1,390 @@
+//! `berth-loadtest`: measures blob push and pull throughput and manifest request rates of an
+//! OCI registry. See README.md in this directory.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::Parser;
+use futures_util::StreamExt;
+use reqwest::{Client, StatusCode};
+use sha2::{Digest as _, Sha256};
+
+#[derive(Parser)]
+#[command(about = "Benchmark an OCI registry: blob push/pull throughput, manifest HEAD/GET rates")]
+struct Args {
+    /// Registry to test, e.g. http://127.0.0.1:5000. Leave out to start `--berth` instead.
+    #[arg(long)]
+    registry: Option<String>,
+    /// Berth binary to start on a free port with a fresh data directory; its peak RSS is
+    /// reported.
+    #[arg(long)]
+    berth: Option<PathBuf>,
+    /// Extra environment for the started Berth, as NAME=VALUE.
+    #[arg(long = "env")]
+    env: Vec<String>,
+    /// Blob size in MiB.
+    #[arg(long, default_value_t = 512)]
+    blob_mib: usize,
+    /// Chunk size in MiB for the chunked push.
+    #[arg(long, default_value_t = 8)]
+    chunk_mib: usize,
+    /// Concurrent connections for the manifest requests.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Seconds each manifest request run lasts.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Which measurements to run (comma separated): stream, chunked, pull, head, get.
+    #[arg(long, default_value = "stream,chunked,pull,head,get", value_delimiter = ',')]
+    only: Vec<String>,
+    /// Repository to use.
+    #[arg(long, default_value = "loadtest/blob")]
+    repository: String,
+}
+
+/// A Berth started by the load test.
+struct Server {
+    child: Child,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(binary: &PathBuf, env: &[String]) -> Result<(Server, String)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let data = tempfile::tempdir()?;
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .env("BERTH_LISTEN", format!("127.0.0.1:{port}"))
+            .env("BERTH_DATA_DIR", data.path())
+            .env("BERTH_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for pair in env {
+            let (k, v) = pair.split_once('=').context("--env takes NAME=VALUE")?;
+            command.env(k, v);
+        }
+        let child = command.spawn().with_context(|| format!("cannot start {}", binary.display()))?;
+        Ok((Server { child, _data: data }, format!("http://127.0.0.1:{port}")))
+    }
+
+    /// Peak resident set size so far (VmHWM), in MiB.
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Deterministic, non-repeating blob content generated on the fly, one MiB at a time: a random
+/// MiB with the index of each MiB written over its first bytes.
+#[derive(Clone)]
+struct BlobSource {
+    base: std::sync::Arc<Vec<u8>>,
+    mib: usize,
+}
+
+impl BlobSource {
+    fn new(mib: usize) -> BlobSource {
+        let mut base = vec![0u8; 1 << 20];
+        rand::fill(&mut base[..]);
+        BlobSource { base: std::sync::Arc::new(base), mib }
+    }
+
+    fn piece(&self, index: usize) -> Bytes {
+        let mut piece = self.base.to_vec();
+        piece[..8].copy_from_slice(&(index as u64).to_le_bytes());
+        Bytes::from(piece)
+    }
+
+    fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for i in 0..self.mib {
+            h.update(self.piece(i));
+        }
+        format!("sha256:{}", hex::encode(h.finalize()))
+    }
+
+    fn len(&self) -> u64 {
+        (self.mib as u64) << 20
+    }
+}
+
+fn location(base: &str, r: &reqwest::Response) -> Result<String> {
+    let l = r.headers().get("location").context("no Location")?.to_str()?;
+    Ok(if l.starts_with("http") { l.to_owned() } else { format!("{base}{l}") })
+}
+
+fn with_query(url: &str, query: &str) -> String {
+    format!("{url}{}{query}", if url.contains('?') { '&' } else { '?' })
+}
+
+async fn start_upload(client: &Client, base: &str, repo: &str) -> Result<String> {
+    let r = client.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await?;
+    if r.status() != StatusCode::ACCEPTED {
+        bail!("POST upload: {}", r.status());
+    }
+    location(base, &r)
+}
+
+async fn finish_upload(client: &Client, url: &str, digest: &str) -> Result<()> {
+    let r = client.put(with_query(url, &format!("digest={digest}"))).send().await?;
+    if r.status() != StatusCode::CREATED {
+        bail!("PUT upload: {} {}", r.status(), r.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// POST, one PATCH streaming the whole blob with chunked transfer encoding, PUT.
+async fn push_streamed(client: &Client, base: &str, repo: &str, blob: &BlobSource, digest: &str) -> Result<Duration> {
+    let started = Instant::now();
+    let url = start_upload(client, base, repo).await?;
+    let source = blob.clone();
+    let pieces = futures_util::stream::iter(0..blob.mib).map(move |i| Ok::<_, std::io::Error>(source.piece(i)));
+    let r = client
+        .patch(&url)
+        .header("Content-Type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(pieces))
+        .send()
+        .await?;
+    if r.status() != StatusCode::ACCEPTED {
+        bail!("PATCH: {} {}", r.status(), r.text().await.unwrap_or_default());
+    }
+    finish_upload(client, &location(base, &r)?, digest).await?;
+    Ok(started.elapsed())
+}
+
+/// POST, one PATCH per chunk with `Content-Range`, PUT.
+async fn push_chunked(
+    client: &Client,
+    base: &str,
+    repo: &str,
+    blob: &BlobSource,
+    digest: &str,
+    chunk_mib: usize,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let mut url = start_upload(client, base, repo).await?;
+    for first in (0..blob.mib).step_by(chunk_mib) {
+        let last = (first + chunk_mib).min(blob.mib);
+        let source = blob.clone();
+        let pieces = futures_util::stream::iter(first..last).map(move |i| Ok::<_, std::io::Error>(source.piece(i)));
+        let (start, end) = ((first as u64) << 20, ((last as u64) << 20) - 1);
+        let r = client
+            .patch(&url)
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Range", format!("{start}-{end}"))
+            .header("Content-Length", end - start + 1)
+            .body(reqwest::Body::wrap_stream(pieces))
+            .send()
+            .await?;
+        if r.status() != StatusCode::ACCEPTED {
+            bail!("PATCH: {} {}", r.status(), r.text().await.unwrap_or_default());
+        }
+        url = location(base, &r)?;
+    }
+    finish_upload(client, &url, digest).await?;
+    Ok(started.elapsed())
+}
+
+/// GET the blob, verifying its digest as a careful client does.
+async fn pull(client: &Client, base: &str, repo: &str, digest: &str, len: u64) -> Result<Duration> {
+    let started = Instant::now();
+    let r = client.get(format!("{base}/v2/{repo}/blobs/{digest}")).send().await?;
+    if r.status() != StatusCode::OK {
+        bail!("GET blob: {}", r.status());
+    }
+    let mut stream = r.bytes_stream();
+    let (mut h, mut got) = (Sha256::new(), 0u64);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        got += chunk.len() as u64;
+        h.update(&chunk);
+    }
+    let elapsed = started.elapsed();
+    let pulled = format!("sha256:{}", hex::encode(h.finalize()));
+    if pulled != digest || got != len {
+        bail!("pulled {got} bytes with digest {pulled}, expected {len} bytes {digest}");
+    }
+    Ok(elapsed)
+}
+
+/// Pushes a small image tagged `bench` for the manifest requests.
+async fn push_small_image(client: &Client, base: &str, repo: &str) -> Result<()> {
+    let mut digests = Vec::new();
+    for content in [br#"{"architecture":"amd64","os":"linux"}"#.to_vec(), vec![7u8; 1000]] {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&content)));
+        let r = client
+            .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
+            .header("Content-Type", "application/octet-stream")
+            .body(content.clone())
+            .send()
+            .await?;
+        if r.status() != StatusCode::CREATED {
+            bail!("POST blob: {}", r.status());
+        }
+        digests.push((digest, content.len()));
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digests[0].0, "size": digests[0].1},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digests[1].0, "size": digests[1].1}],
+    });
+    let r = client
+        .put(format!("{base}/v2/{repo}/manifests/bench"))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.to_string())
+        .send()
+        .await?;
+    if r.status() != StatusCode::CREATED {
+        bail!("PUT manifest: {}", r.status());
+    }
+    Ok(())
+}
+
+struct Rate {
+    requests: usize,
+    errors: usize,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `connections` clients each sending requests back to back for `seconds`.
+async fn manifest_rate(base: &str, repo: &str, head: bool, connections: usize, seconds: u64) -> Result<Rate> {
+    let url = format!("{base}/v2/{repo}/manifests/bench");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        // One client per task: one keep-alive connection each, as 32 separate clients would.
+        let client = Client::builder().pool_max_idle_per_host(1).build()?;
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let request = if head { client.head(&url) } else { client.get(&url) }
+                    .header("Accept", "application/vnd.oci.image.manifest.v1+json");
+                match request.send().await {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        let _ = r.bytes().await;
+                        latencies.push(sent.elapsed().as_micros() as u32);
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let percentile = |p: f64| {
+        latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0)
+            as f64
+            / 1000.0
+    };
+    Ok(Rate {
+        requests: latencies.len(),
+        errors,
+        per_second: latencies.len() as f64 / elapsed,
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+    })
+}
+
+fn mb_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let (server, base) = match (&args.registry, &args.berth) {
+        (Some(r), _) => (None, r.trim_end_matches('/').to_owned()),
+        (None, Some(binary)) => {
+            let (s, b) = Server::start(binary, &args.env)?;
+            (Some(s), b)
+        }
+        (None, None) => bail!("give --registry URL or --berth BINARY"),
+    };
+    let client = Client::builder().build()?;
+    for _ in 0..100 {
+        if client.get(format!("{base}/v2/")).send().await.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let runs = |name: &str| args.only.iter().any(|o| o == name);
+    let report_rss = |what: &str| {
+        if let Some(rss) = server.as_ref().and_then(Server::peak_rss_mib) {
+            println!("  server peak RSS after {what}: {rss:.1} MiB");
+        }
+    };
+    let repo = &args.repository;
+    println!("registry {base}, blob {} MiB", args.blob_mib);
+
+    let blob = BlobSource::new(args.blob_mib);
+    let digest = blob.digest();
+    if runs("stream") || runs("pull") {
+        let took = push_streamed(&client, &base, repo, &blob, &digest).await?;
+        println!("push, one streamed PATCH: {:>8.1} MB/s ({:.2} s)", mb_per_s(blob.len(), took), took.as_secs_f64());
+        report_rss("the streamed push");
+    }
+    if runs("chunked") {
+        let chunked = BlobSource::new(args.blob_mib);
+        let chunked_digest = chunked.digest();
+        let took = push_chunked(&client, &base, repo, &chunked, &chunked_digest, args.chunk_mib).await?;
+        println!(
+            "push, {} MiB chunks:      {:>8.1} MB/s ({:.2} s)",
+            args.chunk_mib,
+            mb_per_s(chunked.len(), took),
+            took.as_secs_f64()
+        );
+        report_rss("the chunked push");
+    }
+    if runs("pull") {
+        let took = pull(&client, &base, repo, &digest, blob.len()).await?;
+        println!("pull, digest verified:    {:>8.1} MB/s ({:.2} s)", mb_per_s(blob.len(), took), took.as_secs_f64());
+        report_rss("the pull");
+    }
+    if runs("head") || runs("get") {
+        push_small_image(&client, &base, repo).await?;
+        for (name, head) in [("head", true), ("get", false)] {
+            if !runs(name) {
+                continue;
+            }
+            let rate = manifest_rate(&base, repo, head, args.connections, args.seconds).await?;
+            println!(
+                "manifest {} by tag, {} connections: {:>8.0} req/s, p50 {:.2} ms, p99 {:.2} ms ({} requests, {} errors)",
+                name.to_uppercase(),
+                args.connections,
+                rate.per_second,
+                rate.p50_ms,
+                rate.p99_ms,
+                rate.requests,
+                rate.errors
+            );
+        }
+        report_rss("the manifest requests");
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Real clients against a real Berth on the embedded default: umoci builds images without a
+# daemon, skopeo pushes, pulls, copies (cross-repository mount), pushes a multi-arch index,
+# lists tags and deletes; oras pushes a chunked artifact and a referrer; podman pushes and
+# pulls.
+#
+# usage: clients.sh BERTH_BINARY
+set -euo pipefail
+
+berth=$(realpath "${1:?usage: clients.sh BERTH_BINARY}")
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d /tmp/berth-e2e.XXXXXX)
+pid=
+cleanup() {
+    status=$?
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    if [ $status -ne 0 ]; then
+        echo "--- last lines of the berth log ($work/berth.log) ---"
+        tail -n 40 "$work/berth.log" || true
+    else
+        chmod -R u+rwX "$work" 2>/dev/null
+        rm -rf "$work" 2>/dev/null || echo "note: could not remove all of $work"
+    fi
+}
+trap cleanup EXIT
+ok() { echo "ok: $*"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+reg=127.0.0.1:$port
+BERTH_LISTEN=$reg BERTH_DATA_DIR=$work/data "$berth" serve >"$work/berth.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do
+    curl -fsS "http://$reg/v2/" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -fsS "http://$reg/v2/" >/dev/null || fail "berth did not start"
+ok "berth serving on $reg"
+
+skopeo=(skopeo --insecure-policy)
+tls=(--src-tls-verify=false --dest-tls-verify=false)
+
+# An image with two layers, built by umoci with no daemon.
+img=$work/img
+umoci init --layout "$img"
+umoci new --image "$img:v1"
+umoci unpack --rootless --image "$img:v1" "$work/bundle" >/dev/null
+echo "first layer" >"$work/bundle/rootfs/hello.txt"
+umoci repack --image "$img:old" "$work/bundle"
+umoci repack --image "$img:v1" "$work/bundle"
+rm -rf "$work/bundle"
+umoci unpack --rootless --image "$img:v1" "$work/bundle" >/dev/null
+head -c 3000000 /dev/urandom >"$work/bundle/rootfs/random.bin"
+umoci repack --image "$img:v1" "$work/bundle"
+layers=$(jq -r '.manifests[] | select(.annotations."org.opencontainers.image.ref.name" == "v1") | .digest' "$img/index.json" |
+    sed 's/sha256://' | xargs -I{} jq '.layers | length' "$img/blobs/sha256/{}")
+[ "$layers" = 2 ] || fail "umoci image has $layers layers, expected 2"
+local_digest=$(jq -r '.manifests[] | select(.annotations."org.opencontainers.image.ref.name" == "v1") | .digest' "$img/index.json")
+ok "umoci built an image with 2 layers ($local_digest)"
+
+"${skopeo[@]}" copy -q "${tls[@]}" "oci:$img:v1" "docker://$reg/e2e/app:v1"
+"${skopeo[@]}" copy -q "${tls[@]}" "oci:$img:old" "docker://$reg/e2e/app:old"
+remote_digest=$("${skopeo[@]}" inspect --tls-verify=false "docker://$reg/e2e/app:v1" | jq -r .Digest)
+raw_digest=sha256:$("${skopeo[@]}" inspect --tls-verify=false --raw "docker://$reg/e2e/app:v1" | sha256sum | cut -d' ' -f1)
+[ "$remote_digest" = "$local_digest" ] || fail "pushed digest $remote_digest != local $local_digest"
+[ "$raw_digest" = "$local_digest" ] || fail "raw manifest digest $raw_digest != local $local_digest"
+ok "skopeo push: manifest digest matches ($remote_digest)"
+
+"${skopeo[@]}" copy -q "${tls[@]}" "docker://$reg/e2e/app:v1" "oci:$work/by-tag:v1"
+"${skopeo[@]}" copy -q "${tls[@]}" "docker://$reg/e2e/app@$remote_digest" "oci:$work/by-digest:v1"
+for layout in by-tag by-digest; do
+    pulled=$(jq -r '.manifests[0].digest' "$work/$layout/index.json")
+    [ "$pulled" = "$local_digest" ] || fail "pull $layout gave $pulled"
+    for blob in "$work/$layout"/blobs/sha256/*; do
+        [ "sha256:$(sha256sum "$blob" | cut -d' ' -f1)" = "sha256:$(basename "$blob")" ] || fail "blob $blob corrupt"
+    done
+done
+ok "skopeo pull by tag and by digest: same manifest, every blob verified"
+
+"${skopeo[@]}" copy -q "${tls[@]}" "docker://$reg/e2e/app:v1" "docker://$reg/e2e/copy:v1"
+mounts=$(grep -c 'method=POST path=/v2/e2e/copy/blobs/uploads/ query=.*mount=.* status=201' "$work/berth.log" || true)
+[ "$mounts" -ge 1 ] || fail "copy to a second repository mounted no blob"
+[ "$("${skopeo[@]}" inspect --tls-verify=false "docker://$reg/e2e/copy:v1" | jq -r .Digest)" = "$local_digest" ] ||
+    fail "copy has another digest"
+ok "skopeo copy to a second repository: $mounts layer(s) mounted from e2e/app instead of uploaded"
+
+umoci config --image "$img:v1" --tag arm64 --architecture arm64 >/dev/null
+index_digest=$(python3 "$here/make_index.py" "$img" multi v1 arm64)
+"${skopeo[@]}" copy -q --all "${tls[@]}" "oci:$img:multi" "docker://$reg/e2e/multi:latest"
+raw=$("${skopeo[@]}" inspect --tls-verify=false --raw "docker://$reg/e2e/multi:latest")
+[ "$(echo "$raw" | jq -r .mediaType)" = application/vnd.oci.image.index.v1+json ] || fail "not an index: $raw"
+[ "$(echo "$raw" | jq '.manifests | length')" = 2 ] || fail "index does not list 2 manifests"
+[ "sha256:$(echo -n "$raw" | sha256sum | cut -d' ' -f1)" = "$index_digest" ] || fail "index digest changed"
+"${skopeo[@]}" --override-arch arm64 copy -q "${tls[@]}" "docker://$reg/e2e/multi:latest" "oci:$work/arm:latest"
+arm_manifest=$(jq -r '.manifests[0].digest' "$work/arm/index.json" | sed 's/sha256://')
+arm_config=$(jq -r .config.digest "$work/arm/blobs/sha256/$arm_manifest" | sed 's/sha256://')
+[ "$(jq -r .architecture "$work/arm/blobs/sha256/$arm_config")" = arm64 ] || fail "arm64 pull got another platform"
+ok "skopeo copy --all: multi-arch index ($index_digest) pushed; arm64 variant pulled"
+
+tags=$("${skopeo[@]}" list-tags --tls-verify=false "docker://$reg/e2e/app" | jq -r '.Tags | join(",")')
+[ "$tags" = "old,v1" ] || fail "tags are $tags"
+ok "skopeo list-tags: $tags"
+
+"${skopeo[@]}" delete --tls-verify=false "docker://$reg/e2e/app:old"
+if "${skopeo[@]}" inspect --tls-verify=false "docker://$reg/e2e/app:old" >/dev/null 2>&1; then fail "old still there"; fi
+"${skopeo[@]}" inspect --tls-verify=false "docker://$reg/e2e/app:v1" >/dev/null || fail "delete took v1 too"
+ok "skopeo delete: app:old gone, app:v1 still there"
+
+python3 "$here/oras_roundtrip.py" "$reg" e2e/app "$remote_digest" "$work/oras"
+
+if command -v podman >/dev/null; then
+    podman=(podman --root "$work/podman" --runroot "/tmp/pr.$$" --storage-driver vfs
+        --cgroup-manager cgroupfs --events-backend file)
+    "${podman[@]}" pull -q --tls-verify=false "$reg/e2e/app:v1" >/dev/null
+    "${podman[@]}" push -q --tls-verify=false "$reg/e2e/app:v1" "docker://$reg/e2e/podman:v1"
+    "${podman[@]}" rmi -a -f >/dev/null
+    "${podman[@]}" pull -q --tls-verify=false "$reg/e2e/podman:v1" >/dev/null
+    "${podman[@]}" rmi -a -f >/dev/null
+    rm -rf "/tmp/pr.$$"
+    ok "podman: pulled, pushed to a new repository, pulled that back"
+fi
+
+echo "all real-client checks passed"
