@@ -298,8 +298,10 @@ async fn manifest_rate(base: &str, repo: &str, head: bool, connections: usize, s
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
     let percentile = |p: f64| {
-        latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0)
-            as f64
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
             / 1000.0
     };
     Ok(Rate {

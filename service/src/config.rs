@@ -158,8 +158,62 @@ fn mask_url_password(url: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment's own error type
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_registry_on_localhost() {
+        figment::Jail::expect_with(|_| {
+            let s = Settings::load(None, &Overrides::default()).expect("defaults load");
+            assert_eq!(s.listen, "127.0.0.1:5000");
+            assert_eq!(s.data_dir, PathBuf::from("./data"));
+            assert_eq!(s.storage, StorageKind::Filesystem);
+            assert!(s.delete && s.migrate);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "berth.toml",
+                "listen = \"0.0.0.0:1\"\ndata_dir = \"/from/file\"\ndelete = false\nmax_manifest_size = 10\n",
+            )?;
+            jail.set_env("BERTH_DATA_DIR", "/from/env");
+            jail.set_env("BERTH_DATABASE_URL", "sqlite:///tmp/x.db");
+            let file = Path::new("berth.toml");
+            let s = Settings::load(Some(file), &Overrides::default()).expect("loads");
+            assert_eq!(s.listen, "0.0.0.0:1");
+            assert_eq!(s.data_dir, PathBuf::from("/from/env"));
+            assert!(!s.delete);
+            assert_eq!(s.max_manifest_size, 10);
+            assert_eq!(s.database_url(), "sqlite:///tmp/x.db?mode=rwc");
+            let flags = Overrides { listen: Some("127.0.0.1:9".into()), data_dir: Some("/from/flag".into()) };
+            let s = Settings::load(Some(file), &flags).expect("loads");
+            assert_eq!((s.listen.as_str(), s.data_dir.as_path()), ("127.0.0.1:9", Path::new("/from/flag")));
+            // BERTH_CONFIG names the file when --config does not.
+            jail.set_env("BERTH_CONFIG", "berth.toml");
+            assert!(!Settings::load(None, &Overrides::default()).expect("loads").delete);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn mistakes_name_the_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "lisen = \"x\"\n")?;
+            let e = Settings::load(Some(Path::new("typo.toml")), &Overrides::default()).expect_err("unknown key");
+            assert!(e.to_string().contains("lisen"), "{e}");
+            let e = Settings::load(Some(Path::new("missing.toml")), &Overrides::default()).expect_err("no file");
+            assert!(e.to_string().contains("missing.toml"), "{e}");
+            jail.set_env("BERTH_DELETE", "perhaps");
+            let e = Settings::load(None, &Overrides::default()).expect_err("not a bool");
+            assert!(e.to_string().to_lowercase().contains("delete"), "{e}");
+            Ok(())
+        });
+    }
 
     #[test]
     fn masks_passwords_in_urls() {

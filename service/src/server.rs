@@ -54,7 +54,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Running, Server)> {
             .app_data(state.clone())
             .wrap_fn(|req, service| {
                 let started = Instant::now();
-                let (method, path, query) = (req.method().clone(), req.path().to_owned(), req.query_string().to_owned());
+                let (method, path, query) =
+                    (req.method().clone(), req.path().to_owned(), req.query_string().to_owned());
                 let response = service.call(req);
                 async move {
                     let response = response.await?;

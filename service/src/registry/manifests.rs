@@ -49,7 +49,8 @@ impl Registry {
                 Digest::compute(Algorithm::Sha256, &body)
             }
         };
-        tags.dedup();
+        let mut seen = std::collections::HashSet::new();
+        tags.retain(|t| seen.insert(t.clone()));
         if tags.len() > MAX_TAGS_PER_PUSH {
             return Err(Error::TooManyTags { limit: MAX_TAGS_PER_PUSH });
         }

@@ -43,7 +43,17 @@ struct HeldLock {
 
 impl HeldLock {
     fn token(&self) -> &LockToken {
-        self.token.as_ref().expect("token is only taken on drop")
+        self.token.as_ref().expect("token is only taken on release or drop")
+    }
+
+    /// Releases the lock before the response goes out, so that a client sending its next
+    /// chunk at once does not find the upload still locked.
+    async fn release(mut self) {
+        if let Some(token) = self.token.take()
+            && let Err(e) = self.sessions.unlock(&self.id, &token).await
+        {
+            tracing::warn!(upload = %self.id, error = %e, "could not release upload lock; it expires by itself");
+        }
     }
 }
 
@@ -97,8 +107,13 @@ impl Registry {
     #[instrument(skip(self, chunk), fields(repository = %repository))]
     pub async fn write_chunk(&self, repository: &RepoName, id: &str, chunk: Chunk) -> Result<UploadState, Error> {
         let (mut session, lock) = self.lock_session(repository, id).await?;
-        self.append(&mut session, &lock, chunk).await?;
-        self.save(&session, &lock).await?;
+        let written = async {
+            self.append(&mut session, &lock, chunk).await?;
+            self.save(&session, &lock).await
+        }
+        .await;
+        lock.release().await;
+        written?;
         Ok(UploadState { id: session.id, offset: session.offset })
     }
 
@@ -112,7 +127,20 @@ impl Registry {
         digest: &Digest,
         chunk: Option<Chunk>,
     ) -> Result<u64, Error> {
-        let (mut session, lock) = self.lock_session(repository, id).await?;
+        let (session, lock) = self.lock_session(repository, id).await?;
+        let finished = self.finish_locked(repository, session, &lock, digest, chunk).await;
+        lock.release().await;
+        finished
+    }
+
+    async fn finish_locked(
+        &self,
+        repository: &RepoName,
+        mut session: UploadSession,
+        lock: &HeldLock,
+        digest: &Digest,
+        chunk: Option<Chunk>,
+    ) -> Result<u64, Error> {
         // The algorithm is fixed by the first byte hashed; until then the digest decides it,
         // so a POST without `digest-algorithm` followed by one PUT works for sha512 too.
         if session.offset == 0 && session.algorithm != digest.algorithm() {
@@ -120,7 +148,7 @@ impl Registry {
             session.hash_state = Hasher::new(session.algorithm).save();
         }
         if let Some(chunk) = chunk {
-            self.append(&mut session, &lock, chunk).await?;
+            self.append(&mut session, lock, chunk).await?;
         }
         if session.algorithm != digest.algorithm() {
             self.discard(&session).await;
@@ -149,7 +177,6 @@ impl Registry {
         }
         self.metadata.link_blob(repository, digest, size).await?;
         self.sessions.delete(&session.id).await?;
-        drop(lock);
         Ok(size)
     }
 

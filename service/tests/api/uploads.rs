@@ -387,3 +387,19 @@ async fn abandoned_uploads_are_swept() {
     assert_eq!(app.registry.sweep_uploads().await, 1);
     assert_eq!(std::fs::read_dir(app.dir.path().join("uploads")).unwrap().count(), 0);
 }
+
+#[tokio::test]
+async fn the_next_request_never_finds_the_upload_still_locked() {
+    let app = spawn_app().await;
+    for i in 0..100u32 {
+        let blob = format!("blob number {i}").into_bytes();
+        let location = app.start_upload("a").await;
+        // A refused chunk releases the lock before its answer, too.
+        let refused = patch(&app, &location, Some((5, 6)), b"xy").await;
+        assert_eq!(refused.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        let r = patch(&app, &location, Some((0, blob.len() as u64 - 1)), &blob).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "round {i}");
+        let r = put(&app, &crate::helpers::location(&r), &sha256(&blob), None).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "round {i}");
+    }
+}

@@ -26,6 +26,21 @@ trap cleanup EXIT
 ok() { echo "ok: $*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
+# With no configuration at all: 127.0.0.1:5000, blobs and SQLite under ./data.
+mkdir -p "$work/noconfig"
+(cd "$work/noconfig" && exec env -i PATH="$PATH" HOME="$HOME" "$berth" serve >"$work/noconfig.log" 2>&1) &
+noconfig=$!
+for _ in $(seq 100); do
+    curl -fsS http://127.0.0.1:5000/v2/ >/dev/null 2>&1 && break
+    sleep 0.1
+done
+status=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:5000/v2/ || true)
+kill "$noconfig" 2>/dev/null || true
+wait "$noconfig" 2>/dev/null || true
+[ "$status" = 200 ] || fail "berth serve with no configuration: GET http://127.0.0.1:5000/v2/ gave '$status' (is port 5000 free?)"
+[ -f "$work/noconfig/data/berth.db" ] && [ -d "$work/noconfig/data/blobs" ] || fail "no ./data/berth.db and ./data/blobs"
+ok "berth serve with no configuration answers GET /v2/ on 127.0.0.1:5000 and keeps its data in ./data"
+
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 reg=127.0.0.1:$port
 BERTH_LISTEN=$reg BERTH_DATA_DIR=$work/data "$berth" serve >"$work/berth.log" 2>&1 &
@@ -119,5 +134,13 @@ if command -v podman >/dev/null; then
     rm -rf "/tmp/pr.$$"
     ok "podman: pulled, pushed to a new repository, pulled that back"
 fi
+
+# A 1 GiB blob in one streamed PATCH and back, digest checked by the client; the server's
+# peak RSS must stay far below the blob's size.
+loadtest=$(dirname "$berth")/berth-loadtest
+"$loadtest" --registry "http://$reg" --blob-mib 1024 --only stream,pull --repository e2e/big | sed 's/^/  /'
+peak_kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
+[ "$peak_kib" -lt $((100 * 1024)) ] || fail "peak RSS $((peak_kib / 1024)) MiB during the 1 GiB round trip"
+ok "1 GiB blob pushed in one streamed PATCH and pulled back, digests match; server peak RSS $((peak_kib / 1024)) MiB"
 
 echo "all real-client checks passed"
