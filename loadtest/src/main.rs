@@ -40,6 +40,10 @@ struct Args {
     /// Which measurements to run (comma separated): stream, chunked, pull, head, get.
     #[arg(long, default_value = "stream,chunked,pull,head,get", value_delimiter = ',')]
     only: Vec<String>,
+    /// How many times each throughput measurement runs (a fresh blob each time); the median
+    /// is reported with the range.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Repository to use.
     #[arg(long, default_value = "loadtest/blob")]
     repository: String,
@@ -317,6 +321,15 @@ fn mb_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
 }
 
+/// Prints the median throughput of `times` and the range.
+fn report(what: &str, mib: usize, times: &[Duration]) {
+    let mut rates: Vec<f64> = times.iter().map(|t| mb_per_s((mib as u64) << 20, *t)).collect();
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    let (low, high) = (rates[0], rates[rates.len() - 1]);
+    println!("{what:<28} {median:>8.1} MB/s median of {} (range {low:.1} to {high:.1})", rates.len());
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -344,29 +357,35 @@ async fn main() -> Result<()> {
     let repo = &args.repository;
     println!("registry {base}, blob {} MiB", args.blob_mib);
 
-    let blob = BlobSource::new(args.blob_mib);
-    let digest = blob.digest();
+    let mut pulled = None;
     if runs("stream") || runs("pull") {
-        let took = push_streamed(&client, &base, repo, &blob, &digest).await?;
-        println!("push, one streamed PATCH: {:>8.1} MB/s ({:.2} s)", mb_per_s(blob.len(), took), took.as_secs_f64());
-        report_rss("the streamed push");
+        let mut times = Vec::new();
+        for _ in 0..args.repeat.max(1) {
+            let blob = BlobSource::new(args.blob_mib);
+            let digest = blob.digest();
+            times.push(push_streamed(&client, &base, repo, &blob, &digest).await?);
+            pulled = Some((digest, blob.len()));
+        }
+        report("push, one streamed PATCH", args.blob_mib, &times);
+        report_rss("the streamed pushes");
     }
     if runs("chunked") {
-        let chunked = BlobSource::new(args.blob_mib);
-        let chunked_digest = chunked.digest();
-        let took = push_chunked(&client, &base, repo, &chunked, &chunked_digest, args.chunk_mib).await?;
-        println!(
-            "push, {} MiB chunks:      {:>8.1} MB/s ({:.2} s)",
-            args.chunk_mib,
-            mb_per_s(chunked.len(), took),
-            took.as_secs_f64()
-        );
-        report_rss("the chunked push");
+        let mut times = Vec::new();
+        for _ in 0..args.repeat.max(1) {
+            let blob = BlobSource::new(args.blob_mib);
+            let digest = blob.digest();
+            times.push(push_chunked(&client, &base, repo, &blob, &digest, args.chunk_mib).await?);
+        }
+        report(&format!("push, {} MiB chunks", args.chunk_mib), args.blob_mib, &times);
+        report_rss("the chunked pushes");
     }
-    if runs("pull") {
-        let took = pull(&client, &base, repo, &digest, blob.len()).await?;
-        println!("pull, digest verified:    {:>8.1} MB/s ({:.2} s)", mb_per_s(blob.len(), took), took.as_secs_f64());
-        report_rss("the pull");
+    if let (true, Some((digest, len))) = (runs("pull"), pulled) {
+        let mut times = Vec::new();
+        for _ in 0..args.repeat.max(1) {
+            times.push(pull(&client, &base, repo, &digest, len).await?);
+        }
+        report("pull, digest verified", args.blob_mib, &times);
+        report_rss("the pulls");
     }
     if runs("head") || runs("get") {
         push_small_image(&client, &base, repo).await?;
