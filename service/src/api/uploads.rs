@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::error::ApiResult;
 use super::headers::{self as h, query_value};
-use super::{State, authorized, body};
+use super::{AppState, State, authorized, body};
 use crate::auth::Action;
 use crate::oci::{Algorithm, Digest, RepoName};
 use crate::registry::{Chunk, Error, UploadState};
@@ -24,6 +24,16 @@ fn accepted(name: &RepoName, state: &UploadState, status: actix_web::http::Statu
         .insert_header((header::RANGE, h::upload_range(state.offset)))
         .insert_header((h::DOCKER_UPLOAD_UUID, state.id.as_str()))
         .finish()
+}
+
+/// The repository and upload id of an upload URL, once the request may push there.
+fn upload_target(
+    state: &AppState,
+    req: &HttpRequest,
+    path: web::Path<(String, String)>,
+) -> ApiResult<(RepoName, String)> {
+    let (name, id) = path.into_inner();
+    Ok((authorized(state, req, &name, &[Action::Pull, Action::Push])?, id))
 }
 
 fn created(name: &RepoName, digest: &Digest) -> HttpResponse {
@@ -82,8 +92,7 @@ pub async fn patch(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let (name, id) = path.into_inner();
-    let name = authorized(&state, &req, &name, &[Action::Pull, Action::Push])?;
+    let (name, id) = upload_target(&state, &req, path)?;
     let upload = state.registry.write_chunk(&name, &id, chunk(&req, payload)?).await?;
     Ok(accepted(&name, &upload, actix_web::http::StatusCode::ACCEPTED))
 }
@@ -98,8 +107,7 @@ pub async fn put(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let (name, id) = path.into_inner();
-    let name = authorized(&state, &req, &name, &[Action::Pull, Action::Push])?;
+    let (name, id) = upload_target(&state, &req, path)?;
     let query = h::query_pairs(&req);
     let digest = query_value(&query, "digest")
         .ok_or_else(|| Error::DigestInvalid("the closing PUT needs ?digest=<digest of the whole blob>".into()))?;
@@ -114,8 +122,7 @@ pub async fn put(
 /// "The response to an active upload <blob-push-location> MUST be a 204 No Content response
 /// code, and MUST have the following headers: Location, Range."
 pub async fn status(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
-    let (name, id) = path.into_inner();
-    let name = authorized(&state, &req, &name, &[Action::Pull, Action::Push])?;
+    let (name, id) = upload_target(&state, &req, path)?;
     let upload = state.registry.upload_state(&name, &id).await?;
     Ok(accepted(&name, &upload, actix_web::http::StatusCode::NO_CONTENT))
 }
@@ -125,8 +132,7 @@ pub async fn status(state: State, req: HttpRequest, path: web::Path<(String, Str
 /// "During a blob upload, the session may be canceled with a DELETE request … If successful,
 /// the response SHOULD be a 204 No Content response code."
 pub async fn cancel(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
-    let (name, id) = path.into_inner();
-    let name = authorized(&state, &req, &name, &[Action::Pull, Action::Push])?;
+    let (name, id) = upload_target(&state, &req, path)?;
     state.registry.cancel_upload(&name, &id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -153,34 +153,23 @@ pub async fn deleted_blobs_are_gone(store: Arc<dyn BlobStore>) {
     store.delete(&d).await.unwrap();
 }
 
-macro_rules! blob_store_contract {
-    ($backend:ident, $make:ident) => {
-        mod $backend {
-            macro_rules! case {
-                ($name:ident) => {
-                    #[tokio::test]
-                    async fn $name() {
-                        let (store, _keep) = super::$make().await;
-                        super::$name(store).await;
-                    }
-                };
-            }
-            case!(missing_blobs_are_not_found);
-            case!(committed_uploads_read_back_whole_and_in_ranges);
-            case!(chunks_from_one_byte_to_twenty_mebibytes_mix);
-            case!(one_gibibyte_streams_through);
-            case!(a_chunk_abandoned_half_way_is_discarded);
-            case!(committing_an_existing_digest_keeps_one_copy);
-            case!(aborted_uploads_leave_nothing);
-            case!(deleted_blobs_are_gone);
-        }
-    };
-}
-
 async fn filesystem() -> (Arc<dyn BlobStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = berth::storage::filesystem::FilesystemStore::open(dir.path()).unwrap();
     (Arc::new(store), dir)
 }
 
-blob_store_contract!(filesystem, filesystem);
+contract!(
+    filesystem,
+    filesystem,
+    [
+        missing_blobs_are_not_found,
+        committed_uploads_read_back_whole_and_in_ranges,
+        chunks_from_one_byte_to_twenty_mebibytes_mix,
+        one_gibibyte_streams_through,
+        a_chunk_abandoned_half_way_is_discarded,
+        committing_an_existing_digest_keeps_one_copy,
+        aborted_uploads_leave_nothing,
+        deleted_blobs_are_gone,
+    ]
+);

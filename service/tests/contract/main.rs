@@ -3,6 +3,23 @@
 //! every backend answers to the same contract.
 #![allow(clippy::unwrap_used)]
 
+/// `contract!(backend, factory, [case, …])`: a module `backend` with one test per case, each
+/// calling `case(store)` on a store the async `factory` makes (it also returns whatever must
+/// live as long as the store, such as a temporary directory).
+macro_rules! contract {
+    ($backend:ident, $make:ident, [$($case:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (store, _keep) = super::$make().await;
+                    super::$case(store).await;
+                }
+            )*
+        }
+    };
+}
+
 mod blob_store;
 mod metadata_store;
 mod session_store;

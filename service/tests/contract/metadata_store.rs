@@ -141,28 +141,6 @@ pub async fn referrers_by_subject_and_artifact_type(store: Arc<dyn MetadataStore
     assert!(store.referrers(&repo("elsewhere"), &subject, None).await.unwrap().is_empty());
 }
 
-macro_rules! metadata_store_contract {
-    ($backend:ident, $make:ident) => {
-        mod $backend {
-            macro_rules! case {
-                ($name:ident) => {
-                    #[tokio::test]
-                    async fn $name() {
-                        let (store, _keep) = super::$make().await;
-                        super::$name(store).await;
-                    }
-                };
-            }
-            case!(blob_links_are_per_repository);
-            case!(mounts_need_the_blob_in_the_source);
-            case!(a_manifest_with_missing_references_stores_nothing);
-            case!(manifests_and_tags);
-            case!(listings_are_sorted_and_paged);
-            case!(referrers_by_subject_and_artifact_type);
-        }
-    };
-}
-
 async fn sqlite() -> (Arc<dyn MetadataStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
@@ -170,4 +148,15 @@ async fn sqlite() -> (Arc<dyn MetadataStore>, tempfile::TempDir) {
     (Arc::new(store), dir)
 }
 
-metadata_store_contract!(sqlite, sqlite);
+contract!(
+    sqlite,
+    sqlite,
+    [
+        blob_links_are_per_repository,
+        mounts_need_the_blob_in_the_source,
+        a_manifest_with_missing_references_stores_nothing,
+        manifests_and_tags,
+        listings_are_sorted_and_paged,
+        referrers_by_subject_and_artifact_type,
+    ]
+);

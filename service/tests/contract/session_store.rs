@@ -96,31 +96,20 @@ pub async fn idle_sessions_expire(store: Arc<dyn SessionStore>) {
     assert_eq!(store.get(&s.id).await.unwrap(), None);
 }
 
-macro_rules! session_store_contract {
-    ($backend:ident, $make:ident) => {
-        mod $backend {
-            macro_rules! case {
-                ($name:ident) => {
-                    #[tokio::test]
-                    async fn $name() {
-                        let (store, _keep) = super::$make().await;
-                        super::$name(store).await;
-                    }
-                };
-            }
-            case!(sessions_round_trip);
-            case!(one_lock_holder_at_a_time);
-            case!(only_the_lock_holder_saves);
-            case!(an_unrenewed_lock_expires);
-            case!(renewing_keeps_the_lock);
-            case!(deleted_sessions_are_gone);
-            case!(idle_sessions_expire);
-        }
-    };
-}
-
 async fn memory() -> (Arc<dyn SessionStore>, ()) {
     (Arc::new(berth::sessions::memory::MemorySessions::new(IDLE)), ())
 }
 
-session_store_contract!(memory, memory);
+contract!(
+    memory,
+    memory,
+    [
+        sessions_round_trip,
+        one_lock_holder_at_a_time,
+        only_the_lock_holder_saves,
+        an_unrenewed_lock_expires,
+        renewing_keeps_the_lock,
+        deleted_sessions_are_gone,
+        idle_sessions_expire,
+    ]
+);
