@@ -10,6 +10,7 @@ use super::headers as h;
 use super::{State, authorized};
 use crate::auth::Action;
 use crate::oci::Digest;
+use crate::registry::BlobContent;
 
 /// Headers every successful blob read carries. Blobs never change, so caches may keep them.
 fn blob_headers(response: &mut HttpResponseBuilder, digest: &Digest) {
@@ -30,7 +31,16 @@ pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String
     let name = authorized(&state, &req, &name, &[Action::Pull])?;
     let digest = h::digest(&d)?;
     let read = state.registry.read_blob(&name, &digest, h::range(req.headers())).await?;
-    let mut response = match read.range {
+    let (range, body) = match read.content {
+        BlobContent::Redirect(url) => {
+            return Ok(HttpResponse::TemporaryRedirect()
+                .insert_header((header::LOCATION, url))
+                .insert_header((h::DOCKER_CONTENT_DIGEST, digest.as_str()))
+                .finish());
+        }
+        BlobContent::Bytes { range, body } => (range, body),
+    };
+    let mut response = match range {
         Some(r) => {
             let mut partial = HttpResponse::PartialContent();
             partial.insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{}", r.start, r.end, read.size)));
@@ -39,8 +49,8 @@ pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String
         None => HttpResponse::Ok(),
     };
     blob_headers(&mut response, &digest);
-    let length = read.range.map_or(read.size, |r| r.len());
-    Ok(response.body(SizedStream::new(length, read.body)))
+    let length = range.map_or(read.size, |r| r.len());
+    Ok(response.body(SizedStream::new(length, body)))
 }
 
 /// `HEAD /v2/<name>/blobs/<digest>`

@@ -18,6 +18,14 @@ pub enum MetadataError {
     Other(String),
 }
 
+/// A stored blob as the metadata knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobRecord {
+    pub size: u64,
+    /// Where the blob store keeps it, when not at its content-addressed place.
+    pub location: Option<String>,
+}
+
 /// A manifest to record, with what it points at.
 #[derive(Clone, Debug)]
 pub struct NewManifest {
@@ -88,11 +96,19 @@ pub struct Page {
 pub trait MetadataStore: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
-    /// Records that the blob `digest` of `size` bytes is stored and belongs to `repository`.
-    async fn link_blob(&self, repository: &RepoName, digest: &Digest, size: u64) -> Result<(), MetadataError>;
+    /// Records that the blob `digest` is stored (when it was not already: the first record
+    /// of a digest stays) and belongs to `repository`.
+    async fn link_blob(&self, repository: &RepoName, digest: &Digest, blob: &BlobRecord) -> Result<(), MetadataError>;
 
-    /// The blob's size if it is linked to the repository.
-    async fn blob_in_repository(&self, repository: &RepoName, digest: &Digest) -> Result<Option<u64>, MetadataError>;
+    /// The blob, if it is stored, whichever repositories link it.
+    async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError>;
+
+    /// The blob, if it is linked to the repository.
+    async fn blob_in_repository(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<BlobRecord>, MetadataError>;
 
     /// Links a blob of `from` into `to` in one step; its size, or `None` if `from` lacks it.
     async fn mount_blob(&self, from: &RepoName, to: &RepoName, digest: &Digest) -> Result<Option<u64>, MetadataError>;

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
-use super::{MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer, StoredManifest};
+use super::{BlobRecord, MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer, StoredManifest};
 use crate::oci::{Digest, Reference, RepoName, Tag};
 
 /// Which database is behind the `Any` driver.
@@ -126,6 +126,10 @@ fn digest_column(row: &AnyRow, index: usize) -> Result<Digest, MetadataError> {
     text.parse().map_err(|e| MetadataError::Other(format!("stored digest {text:?} is invalid: {e}")))
 }
 
+fn blob_columns(row: &AnyRow) -> Result<BlobRecord, MetadataError> {
+    Ok(BlobRecord { size: size_column(row, 0)?, location: column(row, 1)? })
+}
+
 fn size_column(row: &AnyRow, index: usize) -> Result<u64, MetadataError> {
     let size: i64 = column(row, index)?;
     Ok(size.max(0) as u64)
@@ -163,15 +167,18 @@ async fn link(
     tx: &mut Transaction<'static, Any>,
     repository: i64,
     digest: &Digest,
-    size: u64,
+    blob: &BlobRecord,
 ) -> Result<(), MetadataError> {
     let now = now_ms();
-    sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
-        .bind(digest.as_str())
-        .bind(size as i64)
-        .bind(now)
-        .execute(&mut **tx)
-        .await
+    sqlx::query(
+        "INSERT INTO blobs (digest, size, location, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING",
+    )
+    .bind(digest.as_str())
+    .bind(blob.size as i64)
+    .bind(blob.location.as_deref())
+    .bind(now)
+    .execute(&mut **tx)
+    .await
         .map_err(db_error)?;
     sqlx::query(
         "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
@@ -186,7 +193,7 @@ async fn link(
     Ok(())
 }
 
-const BLOB_IN_REPOSITORY: &str = "SELECT b.size FROM repository_blobs rb \
+const BLOB_IN_REPOSITORY: &str = "SELECT b.size, b.location FROM repository_blobs rb \
      JOIN repositories r ON r.id = rb.repository_id JOIN blobs b ON b.digest = rb.digest \
      WHERE r.name = $1 AND rb.digest = $2";
 
@@ -213,21 +220,34 @@ impl MetadataStore for SqlMetadata {
         }
     }
 
-    async fn link_blob(&self, repository: &RepoName, digest: &Digest, size: u64) -> Result<(), MetadataError> {
+    async fn link_blob(&self, repository: &RepoName, digest: &Digest, blob: &BlobRecord) -> Result<(), MetadataError> {
         let mut tx = self.begin().await?;
         let id = repository_id(&mut tx, repository).await?;
-        link(&mut tx, id, digest, size).await?;
+        link(&mut tx, id, digest, blob).await?;
         tx.commit().await.map_err(db_error)
     }
 
-    async fn blob_in_repository(&self, repository: &RepoName, digest: &Digest) -> Result<Option<u64>, MetadataError> {
+    async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError> {
+        let row = sqlx::query("SELECT size, location FROM blobs WHERE digest = $1")
+            .bind(digest.as_str())
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(db_error)?;
+        row.as_ref().map(blob_columns).transpose()
+    }
+
+    async fn blob_in_repository(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<BlobRecord>, MetadataError> {
         let row = sqlx::query(BLOB_IN_REPOSITORY)
             .bind(repository.as_str())
             .bind(digest.as_str())
             .fetch_optional(&self.reads)
             .await
             .map_err(db_error)?;
-        row.map(|r| size_column(&r, 0)).transpose()
+        row.as_ref().map(blob_columns).transpose()
     }
 
     async fn mount_blob(&self, from: &RepoName, to: &RepoName, digest: &Digest) -> Result<Option<u64>, MetadataError> {
@@ -239,11 +259,11 @@ impl MetadataStore for SqlMetadata {
             .await
             .map_err(db_error)?;
         let Some(row) = row else { return Ok(None) };
-        let size = size_column(&row, 0)?;
+        let blob = blob_columns(&row)?;
         let id = repository_id(&mut tx, to).await?;
-        link(&mut tx, id, digest, size).await?;
+        link(&mut tx, id, digest, &blob).await?;
         tx.commit().await.map_err(db_error)?;
-        Ok(Some(size))
+        Ok(Some(blob.size))
     }
 
     async fn unlink_blob(&self, repository: &RepoName, digest: &Digest) -> Result<bool, MetadataError> {

@@ -35,15 +35,21 @@ impl RangeRequest {
 pub struct BlobRead {
     /// Size of the whole blob.
     pub size: u64,
-    /// The part being sent, when a range was asked for.
-    pub range: Option<ByteRange>,
-    pub body: ByteStream,
+    pub content: BlobContent,
+}
+
+/// How the blob's bytes reach the client.
+pub enum BlobContent {
+    /// From a short-lived URL of the blob store.
+    Redirect(String),
+    /// Through Berth; `range` is the part being sent when a range was asked for.
+    Bytes { range: Option<ByteRange>, body: ByteStream },
 }
 
 impl Registry {
     /// Size of a blob linked to the repository (`HEAD`): answered from metadata alone.
     pub async fn blob_size(&self, repository: &RepoName, digest: &Digest) -> Result<u64, Error> {
-        self.metadata.blob_in_repository(repository, digest).await?.ok_or(Error::BlobUnknown)
+        Ok(self.metadata.blob_in_repository(repository, digest).await?.ok_or(Error::BlobUnknown)?.size)
     }
 
     /// A blob's bytes, or a range of them (`GET`).
@@ -54,12 +60,18 @@ impl Registry {
         digest: &Digest,
         range: Option<RangeRequest>,
     ) -> Result<BlobRead, Error> {
-        let size = self.blob_size(repository, digest).await?;
+        let blob = self.metadata.blob_in_repository(repository, digest).await?.ok_or(Error::BlobUnknown)?;
+        let (size, location) = (blob.size, blob.location.as_deref());
         let range = match range {
             Some(r) => Some(r.resolve(size).ok_or(Error::RangeNotSatisfiable { size })?),
             None => None,
         };
-        let body = self.blobs.get(digest, range).await.map_err(|e| {
+        if range.is_none()
+            && let Some(url) = self.blobs.redirect_url(digest, location).await?
+        {
+            return Ok(BlobRead { size, content: BlobContent::Redirect(url) });
+        }
+        let body = self.blobs.get(digest, location, range).await.map_err(|e| {
             if e.is_not_found() {
                 // Metadata says the blob is there but its bytes are not: that is data loss, not
                 // something the client did.
@@ -68,7 +80,7 @@ impl Registry {
                 e.into()
             }
         })?;
-        Ok(BlobRead { size, range, body })
+        Ok(BlobRead { size, content: BlobContent::Bytes { range, body } })
     }
 
     /// Unlinks a blob from the repository; its bytes stay for other repositories until the

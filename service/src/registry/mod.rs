@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::LocalBoxStream;
 
-pub use blobs::{BlobRead, RangeRequest};
+pub use blobs::{BlobContent, BlobRead, RangeRequest};
 pub use error::Error;
 pub use listing::MAX_PAGE;
 pub use manifests::PushedManifest;

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use tracing::instrument;
 
 use super::{Body, Error, Registry};
+use crate::metadata::BlobRecord;
 use crate::oci::{Algorithm, Digest, Hasher, RepoName};
 use crate::sessions::{LockToken, SessionStore, UploadSession};
 use crate::storage::UploadWriter;
@@ -108,7 +109,13 @@ impl Registry {
     pub async fn write_chunk(&self, repository: &RepoName, id: &str, chunk: Chunk) -> Result<UploadState, Error> {
         let (mut session, lock) = self.lock_session(repository, id).await?;
         let written = async {
-            self.append(&mut session, &lock, chunk).await?;
+            let mut hasher = restore_hasher(&session)?;
+            let (writer, received) = self.receive(&session, &lock, chunk, None, &mut hasher).await?;
+            if let Some(writer) = writer {
+                session.handle = writer.finish(None).await?;
+            }
+            session.offset += received;
+            session.hash_state = hasher.save();
             self.save(&session, &lock).await
         }
         .await;
@@ -147,10 +154,15 @@ impl Registry {
             session.algorithm = digest.algorithm();
             session.hash_state = Hasher::new(session.algorithm).save();
         }
+        let mut hasher = restore_hasher(&session)?;
+        let mut writer = None;
         if let Some(chunk) = chunk {
-            self.append(&mut session, lock, chunk).await?;
+            let (w, received) = self.receive(&session, lock, chunk, Some(digest), &mut hasher).await?;
+            writer = w;
+            session.offset += received;
         }
         if session.algorithm != digest.algorithm() {
+            drop(writer);
             self.discard(&session).await;
             return Err(Error::DigestInvalid(format!(
                 "the upload was hashed with {} but the digest is {}; start the upload with ?digest-algorithm={}",
@@ -159,8 +171,9 @@ impl Registry {
                 digest.algorithm()
             )));
         }
-        let computed = restore_hasher(&session)?.finish();
+        let computed = hasher.finish();
         if computed != *digest {
+            drop(writer);
             self.discard(&session).await;
             return Err(Error::DigestInvalid(format!(
                 "provided digest {digest} does not match the uploaded content ({computed}, {} bytes)",
@@ -168,14 +181,22 @@ impl Registry {
             )));
         }
         let size = session.offset;
-        // A blob with this digest may be stored already (pushed to another repository, or
-        // by this very upload on an attempt whose response was lost): keep one copy.
-        if self.blobs.stat(digest).await? == Some(size) {
-            self.blobs.abort_upload(&session.id, Some(&session.handle)).await?;
-        } else {
-            self.blobs.commit_upload(&session.id, &session.handle, size, digest).await?;
-        }
-        self.metadata.link_blob(repository, digest, size).await?;
+        // A blob with this digest may be stored already (pushed to another repository, or by
+        // this very upload on an attempt whose response was lost): keep the one copy.
+        let location = match self.metadata.blob(digest).await? {
+            Some(stored) if stored.size == size => {
+                drop(writer);
+                self.blobs.abort_upload(&session.id, Some(&session.handle)).await?;
+                stored.location
+            }
+            _ => {
+                if let Some(writer) = writer {
+                    session.handle = writer.finish(Some(digest)).await?;
+                }
+                self.blobs.commit_upload(&session.id, &session.handle, size, digest).await?
+            }
+        };
+        self.metadata.link_blob(repository, digest, &BlobRecord { size, location }).await?;
         self.sessions.delete(&session.id).await?;
         Ok(size)
     }
@@ -243,8 +264,17 @@ impl Registry {
         }
     }
 
-    /// Streams a chunk into the store and advances `session` past it (not saved yet).
-    async fn append(&self, session: &mut UploadSession, lock: &HeldLock, chunk: Chunk) -> Result<(), Error> {
+    /// Streams a chunk into the store, hashing it on the way. Returns the writer, not yet
+    /// finished (`None` for an empty chunk), and the number of bytes received. `digest` is
+    /// the digest of the whole blob when the client gave it with this chunk.
+    async fn receive(
+        &self,
+        session: &UploadSession,
+        lock: &HeldLock,
+        chunk: Chunk,
+        digest: Option<&Digest>,
+        hasher: &mut Hasher,
+    ) -> Result<(Option<Box<dyn UploadWriter>>, u64), Error> {
         let Chunk { range, length, mut body } = chunk;
         let expected = match (range, length) {
             (Some((start, _)), _) if start != session.offset => {
@@ -262,7 +292,6 @@ impl Registry {
             (Some((start, end)), _) => Some(end - start + 1),
             (None, len) => len,
         };
-        let mut hasher = restore_hasher(session)?;
         let mut writer: Option<Box<dyn UploadWriter>> = None;
         let mut received = 0u64;
         let mut renewed = Instant::now();
@@ -274,16 +303,15 @@ impl Registry {
             let Some(bytes) = next else { break };
             let bytes = bytes.map_err(|e| Error::BlobUploadInvalid(format!("the request body broke off: {e}")))?;
             received += bytes.len() as u64;
-            if expected.is_some_and(|n| received > n) {
-                return Err(Error::SizeInvalid(format!(
-                    "the body is longer than the {} bytes announced",
-                    expected.unwrap_or(0)
-                )));
+            if let Some(n) = expected.filter(|&n| received > n) {
+                return Err(Error::SizeInvalid(format!("the body is longer than the {n} bytes announced")));
             }
             hasher.update(&bytes);
             let w = match &mut writer {
                 Some(w) => w,
-                None => writer.insert(self.blobs.open_writer(&session.id, &session.handle, session.offset).await?),
+                None => {
+                    writer.insert(self.blobs.open_writer(&session.id, &session.handle, session.offset, digest).await?)
+                }
             };
             w.write(bytes).await?;
             if renewed.elapsed() > self.policy.lock_ttl / 3 {
@@ -299,12 +327,7 @@ impl Registry {
         if let Some(n) = expected.filter(|&n| n != received) {
             return Err(Error::SizeInvalid(format!("received {received} bytes but {n} were announced")));
         }
-        if let Some(w) = writer {
-            session.handle = w.finish().await?;
-        }
-        session.offset += received;
-        session.hash_state = hasher.save();
-        Ok(())
+        Ok((writer, received))
     }
 }
 

@@ -88,7 +88,7 @@ impl BlobStore for FilesystemStore {
         "filesystem"
     }
 
-    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
+    async fn stat(&self, digest: &Digest, _location: Option<&str>) -> Result<Option<u64>, StorageError> {
         match tokio::fs::metadata(self.blob_path(digest)).await {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -96,7 +96,12 @@ impl BlobStore for FilesystemStore {
         }
     }
 
-    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, StorageError> {
+    async fn get(
+        &self,
+        digest: &Digest,
+        _location: Option<&str>,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream, StorageError> {
         let mut file = tokio::fs::File::open(self.blob_path(digest)).await.map_err(not_found_as)?;
         let len = match range {
             Some(r) => {
@@ -109,7 +114,7 @@ impl BlobStore for FilesystemStore {
         Ok(reader.map(|chunk| chunk.map_err(StorageError::from)).boxed())
     }
 
-    async fn delete(&self, digest: &Digest) -> Result<(), StorageError> {
+    async fn delete(&self, digest: &Digest, _location: Option<&str>) -> Result<(), StorageError> {
         match tokio::fs::remove_file(self.blob_path(digest)).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
@@ -132,6 +137,7 @@ impl BlobStore for FilesystemStore {
         id: &str,
         _handle: &UploadHandle,
         offset: u64,
+        _digest: Option<&Digest>,
     ) -> Result<Box<dyn UploadWriter>, StorageError> {
         let path = self.upload_dir(id)?.join("data");
         let guard = self.writer_lock(id).lock_owned().await;
@@ -158,14 +164,15 @@ impl BlobStore for FilesystemStore {
         _handle: &UploadHandle,
         size: u64,
         digest: &Digest,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<String>, StorageError> {
         let dir = self.upload_dir(id)?;
         let target = self.blob_path(digest);
         let guard = self.writer_lock(id).lock_owned().await;
         let result = blocking(move || commit(&dir, &target, size)).await;
         drop(guard);
         self.forget_writer(id);
-        result
+        // Always content-addressed: the commit is a rename.
+        result.map(|()| None)
     }
 
     async fn abort_upload(&self, id: &str, _handle: Option<&UploadHandle>) -> Result<(), StorageError> {
@@ -267,7 +274,7 @@ impl UploadWriter for FileWriter {
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<UploadHandle, StorageError> {
+    async fn finish(mut self: Box<Self>, _last: Option<&Digest>) -> Result<UploadHandle, StorageError> {
         if !self.buffer.is_empty() {
             self.send().await?;
         }

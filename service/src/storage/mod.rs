@@ -75,48 +75,68 @@ pub struct StoredUpload {
 
 /// Blob storage.
 ///
+/// A blob lives at the store's content-addressed place for its digest, or, when
+/// [`BlobStore::commit_upload`] says so, at a *location* the store chose (an object key).
+/// The metadata store records that location next to the digest and hands it back on every
+/// read: a "metadata pointer" that lets a store commit an upload without moving its bytes.
+///
 /// Contract (checked by the suite):
-/// - Blobs are immutable and addressed by digest; `commit_upload` of a digest that already
-///   exists keeps the existing bytes and discards the upload (one copy per digest).
+/// - Blobs are immutable; committing a digest that is already stored keeps one copy.
 /// - `stat`/`get` of a missing blob return `Ok(None)` / `Err(NotFound)`.
 /// - An upload is written through a [`UploadWriter`] opened at the offset the session holds;
 ///   bytes past that offset from an earlier, failed writer are discarded, so a chunk that
 ///   failed half-way can simply be sent again.
-/// - `abort_upload` and `delete` are idempotent.
+/// - Nothing of an upload is visible as a blob before `commit_upload`.
+/// - `abort_upload` and `delete` are idempotent, and an aborted upload leaves nothing behind.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// Short backend name for logs and metrics.
     fn kind(&self) -> &'static str;
 
     /// Size of the blob, or `None` if it is not stored.
-    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StorageError>;
+    async fn stat(&self, digest: &Digest, location: Option<&str>) -> Result<Option<u64>, StorageError>;
 
     /// The blob's bytes, or only `range` of them.
-    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, StorageError>;
+    async fn get(
+        &self,
+        digest: &Digest,
+        location: Option<&str>,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream, StorageError>;
+
+    /// A short-lived URL from which a client can fetch the whole blob without Berth, when
+    /// the store offers one and is configured to; `None` means Berth serves the bytes.
+    async fn redirect_url(&self, _digest: &Digest, _location: Option<&str>) -> Result<Option<String>, StorageError> {
+        Ok(None)
+    }
 
     /// Removes a blob. Only the garbage collector calls this.
-    async fn delete(&self, digest: &Digest) -> Result<(), StorageError>;
+    async fn delete(&self, digest: &Digest, location: Option<&str>) -> Result<(), StorageError>;
 
     /// Prepares a new upload with the given id.
     async fn start_upload(&self, id: &str) -> Result<UploadHandle, StorageError>;
 
-    /// Opens the upload for appending at `offset`.
+    /// Opens the upload for appending at `offset`. `digest` is the digest the client
+    /// announced for the whole blob, when it did so up front (not yet verified): a store may
+    /// use it to write straight to where the blob will end up.
     async fn open_writer(
         &self,
         id: &str,
         handle: &UploadHandle,
         offset: u64,
+        digest: Option<&Digest>,
     ) -> Result<Box<dyn UploadWriter>, StorageError>;
 
     /// Makes the first `size` bytes of the upload the blob `digest` (already verified by
-    /// the caller), and releases the upload.
+    /// the caller) and releases the upload. Returns the blob's location when it is not at
+    /// its content-addressed place.
     async fn commit_upload(
         &self,
         id: &str,
         handle: &UploadHandle,
         size: u64,
         digest: &Digest,
-    ) -> Result<(), StorageError>;
+    ) -> Result<Option<String>, StorageError>;
 
     /// Discards an upload and everything it stored; `handle` is `None` when the session that
     /// knew it is gone.
@@ -134,7 +154,9 @@ pub trait BlobStore: Send + Sync + 'static {
 pub trait UploadWriter: Send {
     async fn write(&mut self, bytes: Bytes) -> Result<(), StorageError>;
 
-    /// Waits until every byte written is stored and returns the handle to save in the session.
-    /// Dropping a writer without calling this abandons the chunk.
-    async fn finish(self: Box<Self>) -> Result<UploadHandle, StorageError>;
+    /// Waits until every byte written is stored and returns the handle to save in the
+    /// session. `last` is the verified digest of the whole blob when these were the upload's
+    /// final bytes, so that the store can put them where the blob ends instead of keeping
+    /// them for a next chunk. Dropping a writer without calling this abandons the chunk.
+    async fn finish(self: Box<Self>, last: Option<&Digest>) -> Result<UploadHandle, StorageError>;
 }

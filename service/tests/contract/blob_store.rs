@@ -15,8 +15,8 @@ fn digest(bytes: &[u8]) -> Digest {
     Digest::compute(Algorithm::Sha256, bytes)
 }
 
-async fn read(store: &dyn BlobStore, d: &Digest, range: Option<ByteRange>) -> Vec<u8> {
-    let mut stream = store.get(d, range).await.unwrap();
+async fn read(store: &dyn BlobStore, d: &Digest, location: Option<&str>, range: Option<ByteRange>) -> Vec<u8> {
+    let mut stream = store.get(d, location, range).await.unwrap();
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
         out.extend_from_slice(&chunk.unwrap());
@@ -29,9 +29,9 @@ async fn upload(store: &dyn BlobStore, id: &str, chunks: &[&[u8]]) -> UploadHand
     let mut handle = store.start_upload(id).await.unwrap();
     let mut offset = 0u64;
     for chunk in chunks {
-        let mut writer = store.open_writer(id, &handle, offset).await.unwrap();
+        let mut writer = store.open_writer(id, &handle, offset, None).await.unwrap();
         writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
-        handle = writer.finish().await.unwrap();
+        handle = writer.finish(None).await.unwrap();
         offset += chunk.len() as u64;
     }
     handle
@@ -43,9 +43,9 @@ fn id() -> String {
 
 pub async fn missing_blobs_are_not_found(store: Arc<dyn BlobStore>) {
     let d = digest(b"absent");
-    assert_eq!(store.stat(&d).await.unwrap(), None);
-    assert!(store.get(&d, None).await.err().unwrap().is_not_found());
-    store.delete(&d).await.unwrap();
+    assert_eq!(store.stat(&d, None).await.unwrap(), None);
+    assert!(store.get(&d, None, None).await.err().unwrap().is_not_found());
+    store.delete(&d, None).await.unwrap();
     store.ping().await.unwrap();
 }
 
@@ -54,11 +54,11 @@ pub async fn committed_uploads_read_back_whole_and_in_ranges(store: Arc<dyn Blob
     let id = id();
     let handle = upload(&*store, &id, &[&data[..1], &data[1..100_000], &data[100_000..]]).await;
     let d = digest(&data);
-    store.commit_upload(&id, &handle, data.len() as u64, &d).await.unwrap();
-    assert_eq!(store.stat(&d).await.unwrap(), Some(data.len() as u64));
-    assert_eq!(read(&*store, &d, None).await, data);
+    let at = store.commit_upload(&id, &handle, data.len() as u64, &d).await.unwrap();
+    assert_eq!(store.stat(&d, at.as_deref()).await.unwrap(), Some(data.len() as u64));
+    assert_eq!(read(&*store, &d, at.as_deref(), None).await, data);
     let range = ByteRange { start: 99_999, end: 200_000 };
-    assert_eq!(read(&*store, &d, Some(range)).await, &data[99_999..=200_000]);
+    assert_eq!(read(&*store, &d, at.as_deref(), Some(range)).await, &data[99_999..=200_000]);
     assert!(store.list_uploads().await.unwrap().iter().all(|u| u.id != id), "a committed upload is gone");
 }
 
@@ -76,8 +76,8 @@ pub async fn chunks_from_one_byte_to_twenty_mebibytes_mix(store: Arc<dyn BlobSto
     let id = id();
     let handle = upload(&*store, &id, &chunks).await;
     let d = digest(&data);
-    store.commit_upload(&id, &handle, data.len() as u64, &d).await.unwrap();
-    assert_eq!(digest(&read(&*store, &d, None).await), d);
+    let at = store.commit_upload(&id, &handle, data.len() as u64, &d).await.unwrap();
+    assert_eq!(digest(&read(&*store, &d, at.as_deref(), None).await), d);
 }
 
 pub async fn one_gibibyte_streams_through(store: Arc<dyn BlobStore>) {
@@ -85,22 +85,22 @@ pub async fn one_gibibyte_streams_through(store: Arc<dyn BlobStore>) {
     let mut handle = store.start_upload(&id).await.unwrap();
     let piece = Bytes::from(pattern(4 << 20, 3));
     let mut hasher = berth::oci::Hasher::new(Algorithm::Sha256);
-    let mut writer = store.open_writer(&id, &handle, 0).await.unwrap();
+    let mut writer = store.open_writer(&id, &handle, 0, None).await.unwrap();
     for _ in 0..256 {
         hasher.update(&piece);
         writer.write(piece.clone()).await.unwrap();
     }
-    handle = writer.finish().await.unwrap();
+    handle = writer.finish(None).await.unwrap();
     let d = hasher.finish();
-    store.commit_upload(&id, &handle, 1 << 30, &d).await.unwrap();
-    assert_eq!(store.stat(&d).await.unwrap(), Some(1 << 30));
-    let mut stream = store.get(&d, None).await.unwrap();
+    let at = store.commit_upload(&id, &handle, 1 << 30, &d).await.unwrap();
+    assert_eq!(store.stat(&d, at.as_deref()).await.unwrap(), Some(1 << 30));
+    let mut stream = store.get(&d, at.as_deref(), None).await.unwrap();
     let mut check = berth::oci::Hasher::new(Algorithm::Sha256);
     while let Some(chunk) = stream.next().await {
         check.update(&chunk.unwrap());
     }
     assert_eq!(check.finish(), d);
-    store.delete(&d).await.unwrap();
+    store.delete(&d, at.as_deref()).await.unwrap();
 }
 
 pub async fn a_chunk_abandoned_half_way_is_discarded(store: Arc<dyn BlobStore>) {
@@ -109,27 +109,28 @@ pub async fn a_chunk_abandoned_half_way_is_discarded(store: Arc<dyn BlobStore>) 
     let handle = upload(&*store, &id, &[&data[..20_000]]).await;
     // A writer that takes bytes and is dropped without finishing, like a PATCH whose client
     // went away.
-    let mut broken = store.open_writer(&id, &handle, 20_000).await.unwrap();
+    let mut broken = store.open_writer(&id, &handle, 20_000, None).await.unwrap();
     broken.write(Bytes::from(vec![0xEE; 10_000])).await.unwrap();
     drop(broken);
-    let mut writer = store.open_writer(&id, &handle, 20_000).await.unwrap();
+    let mut writer = store.open_writer(&id, &handle, 20_000, None).await.unwrap();
     writer.write(Bytes::copy_from_slice(&data[20_000..])).await.unwrap();
-    let handle = writer.finish().await.unwrap();
+    let handle = writer.finish(None).await.unwrap();
     let d = digest(&data);
-    store.commit_upload(&id, &handle, data.len() as u64, &d).await.unwrap();
-    assert_eq!(read(&*store, &d, None).await, data);
+    let at = store.commit_upload(&id, &handle, data.len() as u64, &d).await.unwrap();
+    assert_eq!(read(&*store, &d, at.as_deref(), None).await, data);
 }
 
 pub async fn committing_an_existing_digest_keeps_one_copy(store: Arc<dyn BlobStore>) {
     let data = pattern(10_000, 5);
     let d = digest(&data);
+    let mut at = None;
     for _ in 0..2 {
         let id = id();
         let handle = upload(&*store, &id, &[&data]).await;
-        store.commit_upload(&id, &handle, data.len() as u64, &d).await.unwrap();
+        at = store.commit_upload(&id, &handle, data.len() as u64, &d).await.unwrap();
         assert!(store.list_uploads().await.unwrap().iter().all(|u| u.id != id));
     }
-    assert_eq!(read(&*store, &d, None).await, data);
+    assert_eq!(read(&*store, &d, at.as_deref(), None).await, data);
 }
 
 pub async fn aborted_uploads_leave_nothing(store: Arc<dyn BlobStore>) {
@@ -139,7 +140,7 @@ pub async fn aborted_uploads_leave_nothing(store: Arc<dyn BlobStore>) {
     store.abort_upload(&id, Some(&handle)).await.unwrap();
     store.abort_upload(&id, None).await.unwrap();
     assert!(store.list_uploads().await.unwrap().iter().all(|u| u.id != id));
-    assert!(store.open_writer(&id, &handle, 10).await.is_err());
+    assert!(store.open_writer(&id, &handle, 10, None).await.is_err());
 }
 
 pub async fn deleted_blobs_are_gone(store: Arc<dyn BlobStore>) {
@@ -147,10 +148,10 @@ pub async fn deleted_blobs_are_gone(store: Arc<dyn BlobStore>) {
     let id = id();
     let handle = upload(&*store, &id, &[data]).await;
     let d = digest(data);
-    store.commit_upload(&id, &handle, data.len() as u64, &d).await.unwrap();
-    store.delete(&d).await.unwrap();
-    assert_eq!(store.stat(&d).await.unwrap(), None);
-    store.delete(&d).await.unwrap();
+    let at = store.commit_upload(&id, &handle, data.len() as u64, &d).await.unwrap();
+    store.delete(&d, at.as_deref()).await.unwrap();
+    assert_eq!(store.stat(&d, at.as_deref()).await.unwrap(), None);
+    store.delete(&d, at.as_deref()).await.unwrap();
 }
 
 async fn filesystem() -> (Arc<dyn BlobStore>, tempfile::TempDir) {

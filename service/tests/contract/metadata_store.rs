@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use berth::metadata::{MetadataStore, NewManifest, Page, PutManifest};
+use berth::metadata::{BlobRecord, MetadataStore, NewManifest, Page, PutManifest};
 use berth::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
 fn repo(name: &str) -> RepoName {
@@ -15,6 +15,10 @@ fn tag(name: &str) -> Tag {
 
 fn digest(seed: &str) -> Digest {
     Digest::compute(Algorithm::Sha256, seed.as_bytes())
+}
+
+fn blob(size: u64) -> BlobRecord {
+    BlobRecord { size, location: None }
 }
 
 fn manifest(repository: &str, payload: &str, blobs: Vec<(Digest, u64)>) -> NewManifest {
@@ -34,9 +38,13 @@ fn manifest(repository: &str, payload: &str, blobs: Vec<(Digest, u64)>) -> NewMa
 pub async fn blob_links_are_per_repository(store: Arc<dyn MetadataStore>) {
     let (a, b, d) = (repo("a"), repo("b"), digest("blob"));
     assert_eq!(store.blob_in_repository(&a, &d).await.unwrap(), None);
-    store.link_blob(&a, &d, 10).await.unwrap();
-    store.link_blob(&a, &d, 10).await.unwrap();
-    assert_eq!(store.blob_in_repository(&a, &d).await.unwrap(), Some(10));
+    assert_eq!(store.blob(&d).await.unwrap(), None);
+    let stored = BlobRecord { size: 10, location: Some("objects/x".into()) };
+    store.link_blob(&a, &d, &stored).await.unwrap();
+    // The first record of a digest stays.
+    store.link_blob(&a, &d, &blob(10)).await.unwrap();
+    assert_eq!(store.blob_in_repository(&a, &d).await.unwrap(), Some(stored.clone()));
+    assert_eq!(store.blob(&d).await.unwrap(), Some(stored));
     assert_eq!(store.blob_in_repository(&b, &d).await.unwrap(), None);
     assert!(store.unlink_blob(&a, &d).await.unwrap());
     assert!(!store.unlink_blob(&a, &d).await.unwrap());
@@ -48,15 +56,15 @@ pub async fn mounts_need_the_blob_in_the_source(store: Arc<dyn MetadataStore>) {
     let (a, b, d) = (repo("src"), repo("dst"), digest("layer"));
     assert_eq!(store.mount_blob(&a, &b, &d).await.unwrap(), None);
     assert_eq!(store.blob_in_repository(&b, &d).await.unwrap(), None);
-    store.link_blob(&a, &d, 7).await.unwrap();
+    store.link_blob(&a, &d, &blob(7)).await.unwrap();
     assert_eq!(store.mount_blob(&a, &b, &d).await.unwrap(), Some(7));
-    assert_eq!(store.blob_in_repository(&b, &d).await.unwrap(), Some(7));
+    assert_eq!(store.blob_in_repository(&b, &d).await.unwrap(), Some(blob(7)));
 }
 
 pub async fn a_manifest_with_missing_references_stores_nothing(store: Arc<dyn MetadataStore>) {
     let r = repo("m");
     let (present, absent) = (digest("present"), digest("absent"));
-    store.link_blob(&r, &present, 5).await.unwrap();
+    store.link_blob(&r, &present, &blob(5)).await.unwrap();
     let m = manifest("m", "broken", vec![(present.clone(), 5), (absent.clone(), 3)]);
     assert_eq!(store.put_manifest(&m, &[tag("t")]).await.unwrap(), PutManifest::Missing(vec![absent]));
     assert_eq!(store.get_manifest(&r, &Reference::Digest(m.digest.clone()), false).await.unwrap(), None);
@@ -74,7 +82,7 @@ pub async fn a_manifest_with_missing_references_stores_nothing(store: Arc<dyn Me
 pub async fn manifests_and_tags(store: Arc<dyn MetadataStore>) {
     let r = repo("lib/app");
     let layer = digest("layer");
-    store.link_blob(&r, &layer, 5).await.unwrap();
+    store.link_blob(&r, &layer, &blob(5)).await.unwrap();
     let first = manifest("lib/app", "first", vec![(layer.clone(), 5)]);
     let second = manifest("lib/app", "second", vec![(layer.clone(), 5)]);
     assert_eq!(store.put_manifest(&first, &[tag("v1"), tag("latest")]).await.unwrap(), PutManifest::Stored);
@@ -112,7 +120,7 @@ pub async fn listings_are_sorted_and_paged(store: Arc<dyn MetadataStore>) {
     assert_eq!(store.list_tags(&r, Some("_"), 2).await.unwrap().unwrap(), page(&["a", "a-1"], true));
     assert_eq!(store.list_tags(&r, Some("a-1"), 2).await.unwrap().unwrap(), page(&["b"], false));
     for name in ["z", "t/x", "a"] {
-        store.link_blob(&repo(name), &digest("x"), 1).await.unwrap();
+        store.link_blob(&repo(name), &digest("x"), &blob(1)).await.unwrap();
     }
     assert_eq!(store.list_repositories(None, 3).await.unwrap(), page(&["a", "t", "t/x"], true));
     assert_eq!(store.list_repositories(Some("t/x"), 3).await.unwrap(), page(&["z"], false));
