@@ -19,6 +19,28 @@ use crate::registry::Policy;
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
     Filesystem,
+    S3,
+}
+
+/// A setting that must never be printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 /// Log line format.
@@ -41,6 +63,41 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Blob store backend (`BERTH_STORAGE`).
     pub storage: StorageKind,
+    /// S3 bucket holding the blobs (`BERTH_S3_BUCKET`).
+    pub s3_bucket: Option<String>,
+    /// Endpoint of an S3-compatible store such as MinIO or Garage; AWS when unset
+    /// (`BERTH_S3_ENDPOINT`).
+    pub s3_endpoint: Option<String>,
+    /// Region; the AWS chain's, or `us-east-1`, when unset (`BERTH_S3_REGION`).
+    pub s3_region: Option<String>,
+    /// Address buckets as `endpoint/bucket` rather than `bucket.endpoint`; MinIO and Garage
+    /// want this (`BERTH_S3_FORCE_PATH_STYLE`).
+    pub s3_force_path_style: bool,
+    /// Prefix for every key Berth writes, to share a bucket (`BERTH_S3_PREFIX`).
+    pub s3_prefix: String,
+    /// PEM file of extra CA certificates for the store's TLS (`BERTH_S3_CA_FILE`).
+    pub s3_ca_file: Option<PathBuf>,
+    /// Access key; the standard AWS chain (environment, profile, instance role, web identity)
+    /// when unset (`BERTH_S3_ACCESS_KEY_ID`).
+    pub s3_access_key_id: Option<String>,
+    /// Secret key going with `s3_access_key_id` (`BERTH_S3_SECRET_ACCESS_KEY`).
+    pub s3_secret_access_key: Option<Secret>,
+    /// Bytes per multipart part, at least 5 MiB (`BERTH_S3_PART_SIZE`).
+    pub s3_part_size: usize,
+    /// Parts of one upload sent at once (`BERTH_S3_UPLOAD_CONCURRENCY`).
+    pub s3_upload_concurrency: usize,
+    /// Redirect blob GETs to presigned URLs of the store (`BERTH_S3_REDIRECT`).
+    pub s3_redirect: bool,
+    /// Store address clients can reach, for redirects, when it differs from
+    /// `s3_endpoint` (`BERTH_S3_PUBLIC_ENDPOINT`).
+    pub s3_public_endpoint: Option<String>,
+    /// Seconds a presigned URL stays valid (`BERTH_S3_PRESIGN_EXPIRY`).
+    pub s3_presign_expiry: u64,
+    /// Send `UNSIGNED-PAYLOAD` rather than hashing each part again for the signature; by
+    /// default on for HTTPS endpoints (`BERTH_S3_UNSIGNED_PAYLOAD`).
+    pub s3_unsigned_payload: Option<bool>,
+    /// Send the SDK's optional CRC checksums (`BERTH_S3_CHECKSUMS`).
+    pub s3_checksums: bool,
     /// Metadata database; SQLite in the data directory when unset (`BERTH_DATABASE_URL`).
     pub database_url: Option<String>,
     /// Apply database migrations at start (`BERTH_MIGRATE`).
@@ -72,6 +129,21 @@ impl Default for Settings {
             listen: "127.0.0.1:5000".into(),
             data_dir: PathBuf::from("./data"),
             storage: StorageKind::Filesystem,
+            s3_bucket: None,
+            s3_endpoint: None,
+            s3_region: None,
+            s3_force_path_style: false,
+            s3_prefix: String::new(),
+            s3_ca_file: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_part_size: 16 << 20,
+            s3_upload_concurrency: 4,
+            s3_redirect: true,
+            s3_public_endpoint: None,
+            s3_presign_expiry: 1200,
+            s3_unsigned_payload: None,
+            s3_checksums: false,
             database_url: None,
             migrate: true,
             delete: policy.delete_enabled,
@@ -109,11 +181,13 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment
+        let settings: Settings = figment
             .merge(Env::prefixed("BERTH_").ignore(&["config"]))
             .merge(Serialized::defaults(overrides))
             .extract()
-            .map_err(Box::new)
+            .map_err(Box::new)?;
+        settings.validate().map_err(|e| Box::new(figment::Error::from(e)))?;
+        Ok(settings)
     }
 
     /// The metadata database URL, SQLite in the data directory by default. SQLite files are
@@ -143,7 +217,56 @@ impl Settings {
     pub fn masked(&self) -> Settings {
         let mut shown = self.clone();
         shown.database_url = shown.database_url.as_deref().map(mask_url_password);
+        shown.s3_secret_access_key = shown.s3_secret_access_key.map(|_| Secret::new("***"));
         shown
+    }
+
+    /// Checks what the types cannot: settings that only make sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.storage == StorageKind::S3 && self.s3_bucket.as_deref().is_none_or(str::is_empty) {
+            return Err("BERTH_STORAGE=s3 needs BERTH_S3_BUCKET".into());
+        }
+        if self.s3_part_size < crate::storage::s3::MIN_PART_SIZE {
+            return Err(format!(
+                "BERTH_S3_PART_SIZE is {} but S3 parts are at least 5 MiB (5242880)",
+                self.s3_part_size
+            ));
+        }
+        if self.s3_access_key_id.is_some() != self.s3_secret_access_key.is_some() {
+            return Err("BERTH_S3_ACCESS_KEY_ID and BERTH_S3_SECRET_ACCESS_KEY go together".into());
+        }
+        if self.s3_upload_concurrency == 0 {
+            return Err("BERTH_S3_UPLOAD_CONCURRENCY must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The S3 store's connection and options.
+    pub fn s3(&self) -> (crate::storage::s3::S3Connection, crate::storage::s3::S3Options) {
+        use crate::storage::s3::{S3Connection, S3Options};
+        let https = self.s3_endpoint.as_deref().is_none_or(|e| e.starts_with("https://"));
+        let connection = S3Connection {
+            endpoint: self.s3_endpoint.clone(),
+            public_endpoint: self.s3_public_endpoint.clone(),
+            region: self.s3_region.clone(),
+            force_path_style: self.s3_force_path_style,
+            ca_file: self.s3_ca_file.clone(),
+            credentials: self
+                .s3_access_key_id
+                .clone()
+                .zip(self.s3_secret_access_key.as_ref().map(|s| s.expose().to_owned())),
+            checksums: self.s3_checksums,
+        };
+        let options = S3Options {
+            bucket: self.s3_bucket.clone().unwrap_or_default(),
+            prefix: self.s3_prefix.clone(),
+            part_size: self.s3_part_size,
+            concurrency: self.s3_upload_concurrency,
+            redirect: self.s3_redirect,
+            presign_expiry: Duration::from_secs(self.s3_presign_expiry),
+            unsigned_payload: self.s3_unsigned_payload.unwrap_or(https),
+        };
+        (connection, options)
     }
 }
 

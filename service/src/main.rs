@@ -23,6 +23,10 @@ enum Command {
     Migrate(ConfigArgs),
     /// Print the effective configuration (secrets masked) and exit; fails on a bad setting.
     CheckConfig(ServeArgs),
+    /// Remove what abandoned uploads left in the blob store (multipart uploads, partial
+    /// objects) once they are older than the upload idle timeout, and exit. `berth serve`
+    /// does this on its own every few minutes.
+    Gc(ServeArgs),
 }
 
 #[derive(Args)]
@@ -77,6 +81,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::fs::create_dir_all(&settings.data_dir)?;
                 SqlMetadata::connect(&settings.database_url(), true).await?;
                 println!("migrations applied");
+                Ok(())
+            })
+        }
+        Command::Gc(args) => {
+            let settings = args.settings()?;
+            berth::telemetry::init(&settings);
+            actix_web::rt::System::new().block_on(async {
+                let registry = berth::server::build_registry(&settings).await?;
+                let discarded = registry.sweep_uploads().await;
+                println!("discarded {discarded} abandoned upload(s)");
                 Ok(())
             })
         }

@@ -15,15 +15,29 @@ use crate::metadata::sql::SqlMetadata;
 use crate::registry::Registry;
 use crate::sessions::memory::MemorySessions;
 use crate::storage::filesystem::FilesystemStore;
+use crate::storage::s3::S3Store;
+use crate::storage::{BlobStore, StorageError};
 
 /// Builds the registry on the backends the settings name, applying migrations if asked.
 pub async fn build_registry(settings: &Settings) -> anyhow::Result<Registry> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
-    let blobs = match settings.storage {
+    let blobs: Arc<dyn BlobStore> = match settings.storage {
         StorageKind::Filesystem => {
             let store = FilesystemStore::open(&settings.data_dir)
                 .with_context(|| format!("cannot open blob directory under {}", settings.data_dir.display()))?;
+            Arc::new(store)
+        }
+        StorageKind::S3 => {
+            let (connection, options) = settings.s3();
+            let bucket = options.bucket.clone();
+            let store = S3Store::connect(&connection, options).await.map_err(anyhow::Error::msg)?;
+            // A wrong bucket or credentials fail the start, naming the bucket; a store that is
+            // down for now does not: requests get 503 until it is back.
+            match store.ping().await {
+                Err(StorageError::Unavailable(e)) => tracing::warn!(bucket, error = %e, "S3 store unreachable for now"),
+                other => other.with_context(|| format!("cannot use S3 bucket {bucket:?}"))?,
+            }
             Arc::new(store)
         }
     };

@@ -91,7 +91,9 @@ impl SessionStore for MemorySessions {
             .with_live(id, |e, now| {
                 let ours = e.holds(token, now);
                 if ours {
+                    // A session being written to is not idle.
                     e.lock = Some((token.clone(), now + ttl));
+                    e.saved = now;
                 }
                 ours
             })

@@ -74,7 +74,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Takes the session's lock for `ttl`; `None` if someone else holds it.
     async fn lock(&self, id: &str, ttl: Duration) -> Result<Option<LockToken>, SessionError>;
 
-    /// Extends a held lock by `ttl` from now.
+    /// Extends a held lock by `ttl` from now, and the session's idle expiry with it.
     async fn renew(&self, id: &str, token: &LockToken, ttl: Duration) -> Result<bool, SessionError>;
 
     /// Stores the session if `token` still holds its lock, and refreshes its idle expiry.

@@ -1,9 +1,15 @@
 //! Black-box tests: a real server on port 0, real SQLite and filesystem, driven over HTTP.
 #![allow(clippy::unwrap_used)]
 
+#[path = "../support/proxy.rs"]
+mod proxy;
+#[path = "../support/s3.rs"]
+mod s3support;
+
 mod blobs;
 mod errors;
 mod helpers;
 mod listing;
 mod manifests;
+mod s3;
 mod uploads;

@@ -20,6 +20,10 @@ macro_rules! contract {
     };
 }
 
+#[path = "../support/s3.rs"]
+mod s3support;
+
 mod blob_store;
 mod metadata_store;
+mod s3_store;
 mod session_store;

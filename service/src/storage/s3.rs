@@ -1,0 +1,933 @@
+//! Blobs in S3-compatible object storage (AWS S3, MinIO, Garage).
+//!
+//! Keys, under an optional prefix:
+//! - `blobs/<algorithm>/<first two hex>/<hex>`: a blob at its content-addressed key.
+//! - `objects/<upload id>`: a blob whose multipart upload began before its digest was known
+//!   (the Docker flow: POST, PATCH…, PUT `?digest=`). Commit completes the multipart upload
+//!   where it is and the metadata records this key: no byte is copied or moved.
+//! - `uploads/<upload id>/tail-<start>-<end>`: the bytes of an upload short of a full part at the
+//!   end of a chunk, kept here (not in a replica's memory) so that any replica can continue.
+//!
+//! Uploads stream: parts go to the store while the request body is still arriving, up to
+//! `concurrency` at once, so the memory an upload holds is bounded by
+//! `(concurrency + 1) × part size` whatever the blob's size. A blob smaller than one part goes
+//! up in one `PutObject`, never as a multipart upload.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream as S3Body;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use super::{BlobStore, ByteRange, ByteStream, StorageError, StoredUpload, UploadHandle, UploadWriter};
+use crate::oci::Digest;
+
+/// The smallest part S3 accepts (except the last one).
+pub const MIN_PART_SIZE: usize = 5 << 20;
+/// The most parts one multipart upload may have.
+const MAX_PARTS: u32 = 10_000;
+
+/// How the store behaves, from the settings.
+#[derive(Clone, Debug)]
+pub struct S3Options {
+    pub bucket: String,
+    /// Key prefix, empty or ending in `/`.
+    pub prefix: String,
+    /// Bytes per part of a multipart upload (at least [`MIN_PART_SIZE`]).
+    pub part_size: usize,
+    /// Parts of one upload in flight at once.
+    pub concurrency: usize,
+    /// Answer blob GETs with a redirect to a presigned URL.
+    pub redirect: bool,
+    /// How long a presigned URL stays valid.
+    pub presign_expiry: Duration,
+    /// Send `UNSIGNED-PAYLOAD` instead of hashing every byte a second time for the
+    /// signature (the digest already hashes it once); for stores reached over TLS.
+    pub unsigned_payload: bool,
+}
+
+pub struct S3Store {
+    inner: Arc<Inner>,
+    requests: Arc<RequestCounts>,
+}
+
+/// Requests sent to the store, by operation (retries included): what the tests check to
+/// know how a blob travelled, and what metrics will report.
+#[derive(Debug, Default)]
+pub struct RequestCounts(std::sync::Mutex<std::collections::BTreeMap<String, u64>>);
+
+impl RequestCounts {
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn add(&self, operation: &str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(operation.to_owned()).or_default() += 1;
+    }
+}
+
+/// Counts every attempt of every operation the SDK sends.
+#[derive(Debug)]
+struct CountRequests(Arc<RequestCounts>);
+
+impl aws_sdk_s3::config::Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "berth-request-counts"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_s3::config::RuntimeComponents,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        if let Some(metadata) = cfg.load::<aws_smithy_runtime_api::client::orchestrator::Metadata>() {
+            self.0.add(metadata.name());
+        }
+        Ok(())
+    }
+}
+
+struct Inner {
+    client: Client,
+    /// Signs redirect URLs; talks to the public endpoint when it differs.
+    presigner: Client,
+    options: S3Options,
+}
+
+/// What the session keeps of an S3 upload.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct S3Upload {
+    /// The key the multipart upload completes at, once it has begun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    /// Whether `key` is the blob's content-addressed key (the digest was known up front).
+    #[serde(default)]
+    content_addressed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upload_id: Option<String>,
+    #[serde(default)]
+    parts: Vec<Part>,
+    /// Bytes past the last part, in their own object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tail: Option<Tail>,
+    /// Tail objects no longer part of the upload, deleted by the next writer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    stale: Vec<String>,
+    /// The whole blob is already at its content-addressed key (a small blob whose last
+    /// chunk came with its verified digest).
+    #[serde(default)]
+    stored: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Part {
+    number: u32,
+    etag: String,
+    size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Tail {
+    key: String,
+    size: u64,
+}
+
+impl S3Upload {
+    fn from_handle(handle: &UploadHandle) -> Result<S3Upload, StorageError> {
+        if handle.0.is_null() {
+            return Ok(S3Upload::default());
+        }
+        serde_json::from_value(handle.0.clone())
+            .map_err(|e| StorageError::Io(std::io::Error::other(format!("corrupt S3 upload state: {e}"))))
+    }
+
+    fn to_handle(&self) -> UploadHandle {
+        UploadHandle(serde_json::to_value(self).unwrap_or_default())
+    }
+
+    fn next_part(&self) -> u32 {
+        self.parts.last().map_or(1, |p| p.number + 1)
+    }
+}
+
+/// Part sizes grow with the part number so that a streamed upload of unknown length never
+/// runs out of the 10,000 parts S3 allows: 1,000 parts at the configured size, then 1,000 at
+/// twice that, and so on (with 16 MiB parts, over 5 TB in all).
+fn part_size(base: usize, number: u32) -> usize {
+    base << ((number.saturating_sub(1)) / 1_000).min(6)
+}
+
+/// How to reach the store, from the settings.
+#[derive(Clone, Debug, Default)]
+pub struct S3Connection {
+    /// Endpoint of an S3-compatible store (MinIO, Garage); AWS when `None`.
+    pub endpoint: Option<String>,
+    /// Endpoint clients are redirected to, when it differs from `endpoint`.
+    pub public_endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: bool,
+    /// PEM file of extra CA certificates to trust.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Static credentials; the standard AWS chain (environment, profile, instance role, web
+    /// identity) when `None`.
+    pub credentials: Option<(String, String)>,
+    /// Send and check the optional CRC checksums the SDK adds by default. Off by default:
+    /// some S3-compatible stores reject them, and the digest already covers every byte.
+    pub checksums: bool,
+}
+
+impl S3Store {
+    /// Builds the S3 clients and the store.
+    pub async fn connect(connection: &S3Connection, options: S3Options) -> Result<S3Store, String> {
+        use aws_sdk_s3::config::{
+            Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation, retry::RetryConfig,
+            timeout::TimeoutConfig,
+        };
+        let http = http_client(connection.ca_file.as_deref())?;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
+        if let Some(region) = &connection.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some((id, secret)) = &connection.credentials {
+            loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "berth-settings"));
+        }
+        let shared = loader.load().await;
+        let (request_checksums, response_checksums) = if connection.checksums {
+            (RequestChecksumCalculation::WhenSupported, ResponseChecksumValidation::WhenSupported)
+        } else {
+            (RequestChecksumCalculation::WhenRequired, ResponseChecksumValidation::WhenRequired)
+        };
+        let requests = Arc::new(RequestCounts::default());
+        let mut base = aws_sdk_s3::config::Builder::from(&shared);
+        if shared.region().is_none() {
+            // MinIO and Garage do not care; AWS would say which region the bucket is in.
+            base.set_region(Some(Region::new("us-east-1")));
+        }
+        let base = base
+            .interceptor(CountRequests(requests.clone()))
+            .force_path_style(connection.force_path_style)
+            // Throttling and 5xx answers are retried with exponential backoff and jitter.
+            .retry_config(RetryConfig::standard().with_max_attempts(5).with_initial_backoff(Duration::from_millis(200)))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(300))
+                    .build(),
+            )
+            .request_checksum_calculation(request_checksums)
+            .response_checksum_validation(response_checksums);
+        let mut own = base.clone();
+        own.set_endpoint_url(connection.endpoint.clone());
+        let client = Client::from_conf(own.build());
+        let presigner = match &connection.public_endpoint {
+            Some(public) => Client::from_conf(base.endpoint_url(public).build()),
+            None => client.clone(),
+        };
+        let mut store = S3Store::new(client, presigner, options);
+        store.requests = requests;
+        Ok(store)
+    }
+
+    /// Requests sent so far, by operation.
+    pub fn requests(&self) -> std::collections::BTreeMap<String, u64> {
+        self.requests.snapshot()
+    }
+
+    /// A store on `client`; `presigner` signs redirect URLs (give the same client when the
+    /// store's public address is the one Berth uses).
+    pub fn new(client: Client, presigner: Client, mut options: S3Options) -> S3Store {
+        options.part_size = options.part_size.max(MIN_PART_SIZE);
+        options.concurrency = options.concurrency.max(1);
+        if !options.prefix.is_empty() && !options.prefix.ends_with('/') {
+            options.prefix.push('/');
+        }
+        S3Store { inner: Arc::new(Inner { client, presigner, options }), requests: Arc::default() }
+    }
+}
+
+impl Inner {
+    fn bucket(&self) -> &str {
+        &self.options.bucket
+    }
+
+    fn blob_key(&self, digest: &Digest) -> String {
+        let encoded = digest.encoded();
+        format!("{}blobs/{}/{}/{}", self.options.prefix, digest.algorithm(), &encoded[..2], encoded)
+    }
+
+    fn object_key(&self, id: &str) -> String {
+        format!("{}objects/{id}", self.options.prefix)
+    }
+
+    fn upload_prefix(&self, id: &str) -> String {
+        format!("{}uploads/{id}/", self.options.prefix)
+    }
+
+    fn key_of(&self, digest: &Digest, location: Option<&str>) -> String {
+        location.map_or_else(|| self.blob_key(digest), str::to_owned)
+    }
+
+    /// `bucket/key`, URL-encoded, as `x-amz-copy-source` wants it.
+    fn copy_source(&self, key: &str) -> String {
+        let encoded: String = form_urlencoded::byte_serialize(key.as_bytes()).collect();
+        format!("{}/{}", self.bucket(), encoded.replace("%2F", "/"))
+    }
+
+    async fn put_object(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+        let len = bytes.len() as i64;
+        let request =
+            self.client.put_object().bucket(self.bucket()).key(key).content_length(len).body(S3Body::from(bytes));
+        let request = request.customize();
+        let request = if self.options.unsigned_payload { request.disable_payload_signing() } else { request };
+        request.send().await.map_err(|e| s3_error("PutObject", e))?;
+        Ok(())
+    }
+
+    async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
+        let output = self
+            .client
+            .get_object()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_error("GetObject", e))?;
+        let body =
+            output.body.collect().await.map_err(|e| StorageError::Unavailable(format!("GetObject body: {e}")))?;
+        Ok(body.into_bytes())
+    }
+
+    async fn delete_keys(&self, keys: Vec<String>) -> Result<(), StorageError> {
+        for batch in keys.chunks(1000) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
+            self.client
+                .delete_objects()
+                .bucket(self.bucket())
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| s3_error("DeleteObjects", e))?;
+        }
+        Ok(())
+    }
+
+    /// Keys of every object under `prefix`.
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<(String, SystemTime)>, StorageError> {
+        let mut keys = Vec::new();
+        let mut pages = self.client.list_objects_v2().bucket(self.bucket()).prefix(prefix).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| s3_error("ListObjectsV2", e))?;
+            for object in page.contents() {
+                let modified = object
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                if let Some(key) = object.key() {
+                    keys.push((key.to_owned(), modified));
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
+        match self.client.abort_multipart_upload().bucket(self.bucket()).key(key).upload_id(upload_id).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match s3_error("AbortMultipartUpload", e) {
+                e if e.is_not_found() => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// When the last part of a multipart upload arrived: an upload begun long ago may still
+    /// be receiving parts.
+    async fn last_part_time(&self, key: &str, upload_id: &str) -> Result<SystemTime, StorageError> {
+        let mut latest = SystemTime::UNIX_EPOCH;
+        let mut pages =
+            self.client.list_parts().bucket(self.bucket()).key(key).upload_id(upload_id).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = match page.map_err(|e| s3_error("ListParts", e)) {
+                Err(e) if e.is_not_found() => break,
+                other => other?,
+            };
+            for part in page.parts() {
+                if let Some(t) = part.last_modified().and_then(|t| SystemTime::try_from(*t).ok()) {
+                    latest = latest.max(t);
+                }
+            }
+        }
+        Ok(latest)
+    }
+
+    /// Multipart uploads under the prefix: key, upload id, initiation time.
+    async fn multipart_uploads(&self) -> Result<Vec<(String, String, SystemTime)>, StorageError> {
+        let mut found = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(self.bucket())
+                .prefix(&self.options.prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| s3_error("ListMultipartUploads", e))?;
+            for upload in page.uploads() {
+                if let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) {
+                    let started = upload
+                        .initiated()
+                        .and_then(|t| SystemTime::try_from(*t).ok())
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    found.push((key.to_owned(), id.to_owned(), started));
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(found);
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+        }
+    }
+}
+
+/// The HTTPS client the SDK uses (rustls with ring), trusting the system roots and, when
+/// given, the certificates of `ca_file`.
+pub fn http_client(ca_file: Option<&std::path::Path>) -> Result<aws_sdk_s3::config::SharedHttpClient, String> {
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+    let mut trust = TrustStore::empty().with_native_roots(true);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+        trust = trust.with_pem_certificate(pem);
+    }
+    let context = TlsContext::builder().with_trust_store(trust).build().map_err(|e| format!("TLS setup: {e}"))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .tls_context(context)
+        .build_https())
+}
+
+/// Turns an SDK error into a storage error: missing objects are `NotFound`; throttling,
+/// server errors and unreachable stores (after the SDK's own retries) are `Unavailable`.
+fn s3_error<E>(operation: &str, e: SdkError<E, HttpResponse>) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &e {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or("");
+            if status == 404 || matches!(code, "NoSuchKey" | "NotFound" | "NoSuchUpload") {
+                StorageError::NotFound
+            } else if status >= 500
+                || status == 429
+                || matches!(code, "SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout")
+            {
+                StorageError::Unavailable(format!("{operation}: {status} {code}"))
+            } else {
+                StorageError::Io(std::io::Error::other(format!(
+                    "{operation}: {status} {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                )))
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            StorageError::Unavailable(format!("{operation}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)))
+        }
+        _ => StorageError::Io(std::io::Error::other(format!(
+            "{operation}: {}",
+            aws_sdk_s3::error::DisplayErrorContext(&e)
+        ))),
+    }
+}
+
+#[async_trait]
+impl BlobStore for S3Store {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    async fn stat(&self, digest: &Digest, location: Option<&str>) -> Result<Option<u64>, StorageError> {
+        let inner = &self.inner;
+        let key = inner.key_of(digest, location);
+        match inner.client.head_object().bucket(inner.bucket()).key(&key).send().await {
+            Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) => match s3_error("HeadObject", e) {
+                e if e.is_not_found() => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+
+    async fn get(
+        &self,
+        digest: &Digest,
+        location: Option<&str>,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream, StorageError> {
+        let inner = &self.inner;
+        let key = inner.key_of(digest, location);
+        let request = inner.client.get_object().bucket(inner.bucket()).key(&key);
+        let request = match range {
+            Some(r) => request.range(format!("bytes={}-{}", r.start, r.end)),
+            None => request,
+        };
+        let output = request.send().await.map_err(|e| s3_error("GetObject", e))?;
+        let body = futures_util::stream::unfold(output.body, |mut body| async move {
+            match body.try_next().await {
+                Ok(Some(bytes)) => Some((Ok(bytes), body)),
+                Ok(None) => None,
+                Err(e) => Some((Err(StorageError::Unavailable(format!("GetObject body: {e}"))), body)),
+            }
+        });
+        Ok(Box::pin(body))
+    }
+
+    async fn redirect_url(&self, digest: &Digest, location: Option<&str>) -> Result<Option<String>, StorageError> {
+        let inner = &self.inner;
+        if !inner.options.redirect {
+            return Ok(None);
+        }
+        let config = PresigningConfig::expires_in(inner.options.presign_expiry)
+            .map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
+        let key = inner.key_of(digest, location);
+        let presigned = inner
+            .presigner
+            .get_object()
+            .bucket(inner.bucket())
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| s3_error("presign GetObject", e))?;
+        Ok(Some(presigned.uri().to_owned()))
+    }
+
+    async fn delete(&self, digest: &Digest, location: Option<&str>) -> Result<(), StorageError> {
+        let inner = &self.inner;
+        let key = inner.key_of(digest, location);
+        match inner.client.delete_object().bucket(inner.bucket()).key(key).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match s3_error("DeleteObject", e) {
+                e if e.is_not_found() => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    async fn start_upload(&self, _id: &str) -> Result<UploadHandle, StorageError> {
+        // Nothing to do until bytes arrive: a blob smaller than a part never starts a
+        // multipart upload at all.
+        Ok(S3Upload::default().to_handle())
+    }
+
+    async fn open_writer(
+        &self,
+        id: &str,
+        handle: &UploadHandle,
+        offset: u64,
+        digest: Option<&Digest>,
+    ) -> Result<Box<dyn UploadWriter>, StorageError> {
+        let mut state = S3Upload::from_handle(handle)?;
+        let recorded = state.parts.iter().map(|p| p.size).sum::<u64>() + state.tail.as_ref().map_or(0, |t| t.size);
+        if recorded != offset || state.stored {
+            return Err(StorageError::Io(std::io::Error::other(format!(
+                "upload {id} holds {recorded} bytes, the session says {offset}"
+            ))));
+        }
+        let stale = std::mem::take(&mut state.stale);
+        if !stale.is_empty() {
+            self.inner.delete_keys(stale).await?;
+        }
+        let final_key = digest.filter(|_| state.key.is_none()).map(|d| self.inner.blob_key(d));
+        Ok(Box::new(S3Writer {
+            inner: self.inner.clone(),
+            id: id.to_owned(),
+            final_key,
+            next_number: state.next_part(),
+            created: None,
+            finished: false,
+            pending_tail: state.tail.take(),
+            state,
+            offset,
+            buffer: BytesMut::new(),
+            parts: JoinSet::new(),
+            slots: Arc::new(Semaphore::new(self.inner.options.concurrency)),
+        }))
+    }
+
+    async fn commit_upload(
+        &self,
+        id: &str,
+        handle: &UploadHandle,
+        _size: u64,
+        digest: &Digest,
+    ) -> Result<Option<String>, StorageError> {
+        let inner = &self.inner;
+        let mut state = S3Upload::from_handle(handle)?;
+        let location = if state.stored {
+            None
+        } else if let (Some(key), Some(upload_id)) = (state.key.clone(), state.upload_id.clone()) {
+            if let Some(tail) = state.tail.take() {
+                // The bytes after the last full part become the (short) last part, copied
+                // inside the store: at most one part's worth, never the blob.
+                let number = state.next_part();
+                let copied = inner
+                    .client
+                    .upload_part_copy()
+                    .bucket(inner.bucket())
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .part_number(number as i32)
+                    .copy_source(inner.copy_source(&tail.key))
+                    .send()
+                    .await
+                    .map_err(|e| s3_error("UploadPartCopy", e))?;
+                let etag = copied.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default().to_owned();
+                state.parts.push(Part { number, etag, size: tail.size });
+            }
+            let parts = state
+                .parts
+                .iter()
+                .map(|p| CompletedPart::builder().part_number(p.number as i32).e_tag(&p.etag).build())
+                .collect();
+            inner
+                .client
+                .complete_multipart_upload()
+                .bucket(inner.bucket())
+                .key(&key)
+                .upload_id(&upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+                .map_err(|e| s3_error("CompleteMultipartUpload", e))?;
+            if state.content_addressed { None } else { Some(key) }
+        } else {
+            // A blob smaller than a part, pushed in chunks before its digest was known: its
+            // bytes are the tail (or nothing at all, for the empty blob).
+            let target = inner.blob_key(digest);
+            match &state.tail {
+                Some(tail) => {
+                    inner
+                        .client
+                        .copy_object()
+                        .bucket(inner.bucket())
+                        .key(&target)
+                        .copy_source(inner.copy_source(&tail.key))
+                        .send()
+                        .await
+                        .map_err(|e| s3_error("CopyObject", e))?;
+                }
+                None => inner.put_object(&target, Bytes::new()).await?,
+            }
+            None
+        };
+        let leftovers = inner.list_keys(&inner.upload_prefix(id)).await?;
+        inner.delete_keys(leftovers.into_iter().map(|(k, _)| k).collect()).await?;
+        Ok(location)
+    }
+
+    async fn abort_upload(&self, id: &str, handle: Option<&UploadHandle>) -> Result<(), StorageError> {
+        let inner = &self.inner;
+        let state = handle.map(S3Upload::from_handle).transpose()?.unwrap_or_default();
+        match (&state.key, &state.upload_id) {
+            (Some(key), Some(upload_id)) => inner.abort_multipart(key, upload_id).await?,
+            _ => {
+                // The session is gone: find the multipart upload by its key (or, for an
+                // upload the janitor found at a blob key, by the id it listed it under).
+                let (own_key, listed) = (inner.object_key(id), id.split_once(':'));
+                for (key, upload_id, _) in inner.multipart_uploads().await? {
+                    let ours = key == own_key || listed.is_some_and(|(_, listed_id)| listed_id == upload_id);
+                    if ours {
+                        inner.abort_multipart(&key, &upload_id).await?;
+                    }
+                }
+            }
+        }
+        let leftovers = inner.list_keys(&inner.upload_prefix(id)).await?;
+        inner.delete_keys(leftovers.into_iter().map(|(k, _)| k).collect()).await
+    }
+
+    async fn list_uploads(&self) -> Result<Vec<StoredUpload>, StorageError> {
+        let inner = &self.inner;
+        let objects_prefix = format!("{}objects/", inner.options.prefix);
+        let mut uploads: Vec<StoredUpload> = Vec::new();
+        for (key, upload_id, started) in inner.multipart_uploads().await? {
+            // A multipart upload at a blob key belongs to a single request that knew its digest;
+            // it is listed under an id the abort above recognises.
+            let id = match key.strip_prefix(&objects_prefix) {
+                Some(id) => id.to_owned(),
+                None => format!("multipart:{upload_id}"),
+            };
+            let modified = started.max(inner.last_part_time(&key, &upload_id).await?);
+            uploads.push(StoredUpload { id, modified });
+        }
+        let uploads_prefix = format!("{}uploads/", inner.options.prefix);
+        for (key, modified) in inner.list_keys(&uploads_prefix).await? {
+            let Some(id) = key.strip_prefix(&uploads_prefix).and_then(|rest| rest.split('/').next()) else { continue };
+            match uploads.iter_mut().find(|u| u.id == id) {
+                Some(u) => u.modified = u.modified.max(modified),
+                None => uploads.push(StoredUpload { id: id.to_owned(), modified }),
+            }
+        }
+        Ok(uploads)
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        let inner = &self.inner;
+        inner.client.head_bucket().bucket(inner.bucket()).send().await.map_err(|e| s3_error("HeadBucket", e))?;
+        Ok(())
+    }
+}
+
+/// Streams one chunk of an upload into parts.
+struct S3Writer {
+    inner: Arc<Inner>,
+    id: String,
+    state: S3Upload,
+    /// Where a multipart upload begun by this writer goes when the client named the digest.
+    final_key: Option<String>,
+    /// Number of the next part this writer sends. Numbers are never reused within a writer;
+    /// a writer after a failed chunk reuses the failed chunk's numbers, replacing its parts.
+    next_number: u32,
+    /// A multipart upload this writer began (key, upload id): the session learns of it only
+    /// when the writer finishes, so an abandoned writer aborts it itself.
+    created: Option<(String, String)>,
+    finished: bool,
+    /// The previous chunk's tail, read back before the first byte of this chunk is added.
+    pending_tail: Option<Tail>,
+    /// Bytes received so far in the upload.
+    offset: u64,
+    buffer: BytesMut,
+    parts: JoinSet<Result<Part, StorageError>>,
+    /// One permit per part in flight: when all are taken, writing waits, and so does the
+    /// client's request body.
+    slots: Arc<Semaphore>,
+}
+
+impl S3Writer {
+    /// Takes the previous tail back into the buffer, ahead of this chunk's bytes.
+    async fn load_tail(&mut self) -> Result<(), StorageError> {
+        if let Some(tail) = self.pending_tail.take() {
+            let bytes = self.inner.get_bytes(&tail.key).await?;
+            if bytes.len() as u64 != tail.size {
+                return Err(StorageError::Io(std::io::Error::other("upload tail has an unexpected size")));
+            }
+            self.buffer.extend_from_slice(&bytes);
+            self.state.stale.push(tail.key);
+        }
+        Ok(())
+    }
+
+    async fn ensure_multipart(&mut self) -> Result<(String, String), StorageError> {
+        if let (Some(key), Some(upload_id)) = (&self.state.key, &self.state.upload_id) {
+            return Ok((key.clone(), upload_id.clone()));
+        }
+        let (key, content_addressed) = match self.final_key.take() {
+            Some(key) => (key, true),
+            None => (self.inner.object_key(&self.id), false),
+        };
+        let created = self
+            .inner
+            .client
+            .create_multipart_upload()
+            .bucket(self.inner.bucket())
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| s3_error("CreateMultipartUpload", e))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| StorageError::Io(std::io::Error::other("CreateMultipartUpload returned no upload id")))?
+            .to_owned();
+        self.state.key = Some(key.clone());
+        self.state.upload_id = Some(upload_id.clone());
+        self.state.content_addressed = content_addressed;
+        self.created = Some((key.clone(), upload_id.clone()));
+        Ok((key, upload_id))
+    }
+
+    /// Sends `bytes` as the next part, in the background once a slot is free.
+    async fn send_part(&mut self, bytes: Bytes) -> Result<(), StorageError> {
+        let (key, upload_id) = self.ensure_multipart().await?;
+        let number = self.next_number;
+        self.next_number += 1;
+        if number > MAX_PARTS {
+            return Err(StorageError::Io(std::io::Error::other("blob too large: more than 10,000 parts")));
+        }
+        let permit: OwnedSemaphorePermit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StorageError::Io(std::io::Error::other("part slots closed")))?;
+        // Fail fast if a part already in flight failed.
+        while let Some(done) = self.parts.try_join_next() {
+            let part = done.map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
+            self.finished_part(part);
+        }
+        let inner = self.inner.clone();
+        self.parts.spawn(async move {
+            let size = bytes.len() as u64;
+            let request = inner
+                .client
+                .upload_part()
+                .bucket(inner.bucket())
+                .key(&key)
+                .upload_id(&upload_id)
+                .part_number(number as i32)
+                .content_length(size as i64)
+                .body(S3Body::from(bytes))
+                .customize();
+            let request = if inner.options.unsigned_payload { request.disable_payload_signing() } else { request };
+            let uploaded = request.send().await.map_err(|e| s3_error("UploadPart", e))?;
+            drop(permit);
+            let etag = uploaded.e_tag().unwrap_or_default().to_owned();
+            Ok(Part { number, etag, size })
+        });
+        Ok(())
+    }
+
+    fn finished_part(&mut self, part: Part) {
+        let at = self.state.parts.partition_point(|p| p.number < part.number);
+        self.state.parts.insert(at, part);
+    }
+
+    /// Waits for every part in flight; the parts are recorded in number order.
+    async fn drain(&mut self) -> Result<(), StorageError> {
+        while let Some(done) = self.parts.join_next().await {
+            let part = done.map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
+            self.finished_part(part);
+        }
+        Ok(())
+    }
+
+    fn full_part_size(&self) -> usize {
+        part_size(self.inner.options.part_size, self.next_number)
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        // Parts still in flight are cancelled with the JoinSet.
+        let (Some((key, upload_id)), false) = (self.created.take(), self.finished) else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let inner = self.inner.clone();
+        runtime.spawn(async move {
+            if let Err(e) = inner.abort_multipart(&key, &upload_id).await {
+                tracing::warn!(%key, error = %e, "could not abort an abandoned multipart upload; the janitor will");
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl UploadWriter for S3Writer {
+    async fn write(&mut self, bytes: Bytes) -> Result<(), StorageError> {
+        self.load_tail().await?;
+        self.offset += bytes.len() as u64;
+        self.buffer.extend_from_slice(&bytes);
+        loop {
+            let size = self.full_part_size();
+            if self.buffer.len() < size {
+                return Ok(());
+            }
+            let part = self.buffer.split_to(size).freeze();
+            self.send_part(part).await?;
+        }
+    }
+
+    async fn finish(mut self: Box<Self>, last: Option<&Digest>) -> Result<UploadHandle, StorageError> {
+        let handle = self.store_rest(last).await?;
+        self.finished = true;
+        Ok(handle)
+    }
+}
+
+impl S3Writer {
+    /// The work of [`UploadWriter::finish`]: waits for the parts in flight and puts the
+    /// bytes short of a part where they belong.
+    async fn store_rest(&mut self, last: Option<&Digest>) -> Result<UploadHandle, StorageError> {
+        if self.pending_tail.is_some() {
+            // No byte came in this chunk: the upload is as it was.
+            self.state.tail = self.pending_tail.take();
+            return Ok(self.state.to_handle());
+        }
+        self.drain().await?;
+        let rest = self.buffer.split().freeze();
+        match last {
+            // The final bytes, with the digest verified: they go where the blob ends.
+            Some(digest) if self.state.upload_id.is_none() => {
+                let key = self.inner.blob_key(digest);
+                self.inner.put_object(&key, rest).await?;
+                self.state.stored = true;
+            }
+            Some(_) if !rest.is_empty() => {
+                self.send_part(rest).await?;
+                self.drain().await?;
+            }
+            Some(_) => {}
+            // More chunks may follow: keep the rest where any replica can find it.
+            None if !rest.is_empty() => {
+                // Named by the range it holds: a tail that grew keeps its start but not its end,
+                // so the tail it replaces (deleted later) never shares its key.
+                let start = self.offset - rest.len() as u64;
+                let key = format!("{}tail-{start}-{}", self.inner.upload_prefix(&self.id), self.offset);
+                let size = rest.len() as u64;
+                self.inner.put_object(&key, rest).await?;
+                self.state.tail = Some(Tail { key, size });
+            }
+            None => {}
+        }
+        Ok(self.state.to_handle())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_grow_so_that_ten_thousand_hold_terabytes() {
+        let base = 16 << 20;
+        assert_eq!(part_size(base, 1), base);
+        assert_eq!(part_size(base, 1000), base);
+        assert_eq!(part_size(base, 1001), 2 * base);
+        assert_eq!(part_size(base, 10_000), 64 * base);
+        let total: u64 = (1..=MAX_PARTS).map(|n| part_size(base, n) as u64).sum();
+        assert!(total > 5_000_000_000_000, "{total}: about 5 TB, what S3 allows in one object");
+    }
+
+    #[test]
+    fn upload_state_round_trips_through_the_session() {
+        let state = S3Upload {
+            key: Some("objects/x".into()),
+            upload_id: Some("u".into()),
+            parts: vec![Part { number: 1, etag: "\"e\"".into(), size: 5 }],
+            tail: Some(Tail { key: "uploads/x/tail-5".into(), size: 1 }),
+            ..S3Upload::default()
+        };
+        assert_eq!(S3Upload::from_handle(&state.to_handle()).expect("parses"), state);
+        assert_eq!(S3Upload::from_handle(&UploadHandle::default()).expect("empty"), S3Upload::default());
+    }
+}

@@ -1,0 +1,142 @@
+//! What the S3 store promises beyond the `BlobStore` contract: how bytes travel.
+
+use std::collections::BTreeMap;
+
+use berth::oci::{Algorithm, Digest, Hasher};
+use berth::storage::BlobStore;
+use berth::storage::s3::S3Store;
+use bytes::Bytes;
+
+use crate::s3support::{self, PART};
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 253) as u8).collect()
+}
+
+fn count(requests: &BTreeMap<String, u64>, operation: &str) -> u64 {
+    requests.get(operation).copied().unwrap_or(0)
+}
+
+/// Streams `chunks` as successive writers; the last one is finished with `last`.
+async fn push(store: &S3Store, id: &str, chunks: &[&[u8]], announced: Option<&Digest>, last: bool) -> Digest {
+    let mut handle = store.start_upload(id).await.unwrap();
+    let mut hasher = Hasher::new(Algorithm::Sha256);
+    let mut offset = 0;
+    for (i, chunk) in chunks.iter().enumerate() {
+        hasher.update(chunk);
+        let is_last = last && i == chunks.len() - 1;
+        let mut writer = store.open_writer(id, &handle, offset, if is_last { announced } else { None }).await.unwrap();
+        writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        let digest = hasher.clone().finish();
+        handle = writer.finish(if is_last { Some(&digest) } else { None }).await.unwrap();
+        offset += chunk.len() as u64;
+    }
+    let digest = hasher.finish();
+    let location = store.commit_upload(id, &handle, offset, &digest).await.unwrap();
+    assert_eq!(store.stat(&digest, location.as_deref()).await.unwrap(), Some(offset));
+    digest
+}
+
+#[tokio::test]
+async fn a_small_blob_is_one_put_object_and_never_multipart() {
+    let bucket = s3support::fresh_bucket().await;
+    let store = s3support::store(&bucket).await;
+    let blob = data(1000);
+    let digest = push(&store, "small-a", &[&blob], None, true).await;
+    let requests = store.requests();
+    assert_eq!(count(&requests, "CreateMultipartUpload"), 0, "{requests:?}");
+    assert_eq!(count(&requests, "PutObject"), 1, "{requests:?}");
+    assert_eq!(count(&requests, "CopyObject"), 0, "{requests:?}");
+    let key = format!("registry/blobs/sha256/{}/{}", &digest.encoded()[..2], digest.encoded());
+    assert_eq!(s3support::keys(&bucket).await, vec![key]);
+}
+
+#[tokio::test]
+async fn a_known_digest_completes_at_the_final_key_without_copies() {
+    let bucket = s3support::fresh_bucket().await;
+    let store = s3support::store(&bucket).await;
+    let blob = data(3 * PART + 12345);
+    let digest = Digest::compute(Algorithm::Sha256, &blob);
+    push(&store, "known", &[&blob], Some(&digest), true).await;
+    let requests = store.requests();
+    assert_eq!(count(&requests, "CreateMultipartUpload"), 1, "{requests:?}");
+    assert_eq!(count(&requests, "UploadPart"), 4, "{requests:?}");
+    for copy in ["CopyObject", "UploadPartCopy", "GetObject"] {
+        assert_eq!(count(&requests, copy), 0, "{copy}: {requests:?}");
+    }
+    let key = format!("registry/blobs/sha256/{}/{}", &digest.encoded()[..2], digest.encoded());
+    assert_eq!(s3support::keys(&bucket).await, vec![key]);
+    assert_eq!(s3support::multipart_uploads(&bucket).await, 0);
+}
+
+#[tokio::test]
+async fn a_late_digest_commits_in_place_and_reads_nothing_back() {
+    let bucket = s3support::fresh_bucket().await;
+    let store = s3support::store(&bucket).await;
+    // The Docker flow: one streamed PATCH, then a PUT with no body.
+    let blob = data(2 * PART + 777);
+    let mut handle = store.start_upload("late").await.unwrap();
+    let mut writer = store.open_writer("late", &handle, 0, None).await.unwrap();
+    for piece in blob.chunks(100_000) {
+        writer.write(Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    handle = writer.finish(None).await.unwrap();
+    let digest = Digest::compute(Algorithm::Sha256, &blob);
+    let location = store.commit_upload("late", &handle, blob.len() as u64, &digest).await.unwrap();
+    assert_eq!(location.as_deref(), Some("registry/objects/late"));
+    let requests = store.requests();
+    assert_eq!(count(&requests, "UploadPart"), 2, "{requests:?}");
+    // Only the bytes after the last full part (777 here) are copied, inside the store.
+    assert_eq!(count(&requests, "UploadPartCopy"), 1, "{requests:?}");
+    assert_eq!(count(&requests, "CopyObject") + count(&requests, "GetObject"), 0, "{requests:?}");
+    assert_eq!(s3support::keys(&bucket).await, vec!["registry/objects/late".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_cancelled_upload_leaves_no_object_and_no_multipart_upload() {
+    let bucket = s3support::fresh_bucket().await;
+    let store = s3support::store(&bucket).await;
+    let blob = data(2 * PART + 10);
+    let handle = store.start_upload("gone").await.unwrap();
+    let mut writer = store.open_writer("gone", &handle, 0, None).await.unwrap();
+    writer.write(Bytes::from(blob)).await.unwrap();
+    let handle = writer.finish(None).await.unwrap();
+    assert_eq!(s3support::multipart_uploads(&bucket).await, 1);
+    assert_eq!(s3support::keys(&bucket).await.len(), 1, "the tail");
+    store.abort_upload("gone", Some(&handle)).await.unwrap();
+    assert_eq!(s3support::multipart_uploads(&bucket).await, 0);
+    assert!(s3support::keys(&bucket).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_abandoned_writer_aborts_the_multipart_upload_it_began() {
+    let bucket = s3support::fresh_bucket().await;
+    let store = s3support::store(&bucket).await;
+    let handle = store.start_upload("dropped").await.unwrap();
+    let mut writer = store.open_writer("dropped", &handle, 0, None).await.unwrap();
+    writer.write(Bytes::from(data(PART + 1))).await.unwrap();
+    drop(writer);
+    for _ in 0..50 {
+        if s3support::multipart_uploads(&bucket).await == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the abandoned multipart upload is still there");
+}
+
+#[tokio::test]
+async fn the_janitor_view_finds_uploads_without_sessions() {
+    let bucket = s3support::fresh_bucket().await;
+    let store = s3support::store(&bucket).await;
+    let handle = store.start_upload("orphan").await.unwrap();
+    let mut writer = store.open_writer("orphan", &handle, 0, None).await.unwrap();
+    writer.write(Bytes::from(data(PART + 3))).await.unwrap();
+    writer.finish(None).await.unwrap();
+    let listed = store.list_uploads().await.unwrap();
+    assert_eq!(listed.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(), ["orphan"]);
+    // What the janitor does once no session knows the upload: abort without a handle.
+    store.abort_upload("orphan", None).await.unwrap();
+    assert_eq!(s3support::multipart_uploads(&bucket).await, 0);
+    assert!(s3support::keys(&bucket).await.is_empty());
+}
