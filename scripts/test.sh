@@ -46,8 +46,8 @@ wait_for() { # URL
 moto_port=$(free_port)
 moto_server -H 127.0.0.1 -p "$moto_port" >"${TMPDIR:-/tmp}/berth-test-moto.log" 2>&1 &
 started+=($!)
-export BERTH_TEST_S3_ENDPOINT=http://127.0.0.1:$moto_port
-wait_for "$BERTH_TEST_S3_ENDPOINT"
+export TEST_S3_ENDPOINT=http://127.0.0.1:$moto_port
+wait_for "$TEST_S3_ENDPOINT"
 
 cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast
@@ -57,8 +57,8 @@ bash service/tests/e2e/clients.sh target/debug/berth
 
 echo "--- real clients, blobs in S3 (moto), redirects on ---"
 bucket=berth-e2e-$RANDOM$RANDOM
-curl -fsS -X PUT "$BERTH_TEST_S3_ENDPOINT/$bucket" >/dev/null
-BERTH_STORAGE=s3 BERTH_S3_BUCKET=$bucket BERTH_S3_ENDPOINT=$BERTH_TEST_S3_ENDPOINT BERTH_S3_FORCE_PATH_STYLE=true \
+curl -fsS -X PUT "$TEST_S3_ENDPOINT/$bucket" >/dev/null
+BERTH_STORAGE=s3 BERTH_S3_BUCKET=$bucket BERTH_S3_ENDPOINT=$TEST_S3_ENDPOINT BERTH_S3_FORCE_PATH_STYLE=true \
     BERTH_S3_ACCESS_KEY_ID=test BERTH_S3_SECRET_ACCESS_KEY=test BERTH_S3_PART_SIZE=5242880 E2E_BIG_MIB=64 \
     bash service/tests/e2e/clients.sh target/debug/berth
 echo "all tests passed"

@@ -1,4 +1,4 @@
-//! S3 for tests: the server the test command started (`BERTH_TEST_S3_ENDPOINT`, moto on
+//! S3 for tests: the server the test command started (`TEST_S3_ENDPOINT`, moto on
 //! 127.0.0.1), with a fresh bucket per test.
 #![allow(dead_code)]
 
@@ -11,10 +11,10 @@ use berth::storage::s3::{S3Connection, S3Options, S3Store};
 pub const PART: usize = 5 << 20;
 
 pub fn endpoint() -> String {
-    std::env::var("BERTH_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+    std::env::var("TEST_S3_ENDPOINT").unwrap_or_else(|_| {
         panic!(
             "S3 tests need an S3 server: run ./scripts/test.sh, or start one with \
-             `moto_server -H 127.0.0.1 -p 5300` and set BERTH_TEST_S3_ENDPOINT=http://127.0.0.1:5300"
+             `moto_server -H 127.0.0.1 -p 5300` and set TEST_S3_ENDPOINT=http://127.0.0.1:5300"
         )
     })
 }
