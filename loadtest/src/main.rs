@@ -1,6 +1,8 @@
 //! `berth-loadtest`: measures blob push and pull throughput and manifest request rates of an
 //! OCI registry. See README.md in this directory.
 
+mod direct;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,6 +49,29 @@ struct Args {
     /// Repository to use.
     #[arg(long, default_value = "loadtest/blob")]
     repository: String,
+    /// Run this many streamed pushes at once (each of `--blob-mib`), report their combined
+    /// throughput and the server's peak RSS, and stop.
+    #[arg(long)]
+    concurrent_pushes: Option<usize>,
+    /// Object store to compare with: the same blob is also pushed to and pulled from it
+    /// directly, with the part size and concurrency below.
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    #[arg(long, default_value = "")]
+    s3_bucket: String,
+    #[arg(long, default_value = "us-east-1")]
+    s3_region: String,
+    #[arg(long, default_value = "")]
+    s3_access_key: String,
+    #[arg(long, default_value = "")]
+    s3_secret: String,
+    #[arg(long, default_value_t = 16)]
+    s3_part_mib: usize,
+    #[arg(long, default_value_t = 4)]
+    s3_concurrency: usize,
+    /// Direct requests use UNSIGNED-PAYLOAD (set it as Berth is set).
+    #[arg(long)]
+    s3_unsigned: bool,
 }
 
 /// A Berth started by the load test.
@@ -357,6 +382,78 @@ async fn main() -> Result<()> {
     let repo = &args.repository;
     println!("registry {base}, blob {} MiB", args.blob_mib);
 
+    if let Some(n) = args.concurrent_pushes {
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let (client, base, repo) = (client.clone(), base.clone(), format!("{repo}{i}"));
+            let blob = BlobSource::new(args.blob_mib);
+            tasks.spawn(async move {
+                let digest = blob.digest();
+                push_streamed(&client, &base, &repo, &blob, &digest).await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        let elapsed = started.elapsed();
+        let total = (n as u64) * ((args.blob_mib as u64) << 20);
+        println!(
+            "{n} concurrent streamed pushes of {} MiB: {:.1} MB/s in all ({:.2} s)",
+            args.blob_mib,
+            mb_per_s(total, elapsed),
+            elapsed.as_secs_f64()
+        );
+        report_rss("the concurrent pushes");
+        return Ok(());
+    }
+    if let Some(endpoint) = &args.s3_endpoint {
+        let store = direct::Direct::connect(
+            endpoint,
+            &args.s3_bucket,
+            &args.s3_region,
+            &args.s3_access_key,
+            &args.s3_secret,
+            args.s3_part_mib << 20,
+            args.s3_concurrency,
+            args.s3_unsigned,
+        )
+        .await?;
+        let (mut berth_push, mut direct_push, mut berth_pull, mut direct_pull) = (vec![], vec![], vec![], vec![]);
+        for round in 0..args.repeat.max(1) {
+            // Alternate who goes first, so that neither always meets a warmer store.
+            let blob = BlobSource::new(args.blob_mib);
+            let digest = blob.digest();
+            let key = format!("loadtest-direct/{round}-{}", &digest[7..19]);
+            if round % 2 == 0 {
+                direct_push.push(store.push(&key, &blob).await?);
+                berth_push.push(push_streamed(&client, &base, repo, &blob, &digest).await?);
+            } else {
+                berth_push.push(push_streamed(&client, &base, repo, &blob, &digest).await?);
+                direct_push.push(store.push(&key, &blob).await?);
+            }
+            if round % 2 == 0 {
+                direct_pull.push(store.pull(&key, &digest, blob.len()).await?);
+                berth_pull.push(pull(&client, &base, repo, &digest, blob.len()).await?);
+            } else {
+                berth_pull.push(pull(&client, &base, repo, &digest, blob.len()).await?);
+                direct_pull.push(store.pull(&key, &digest, blob.len()).await?);
+            }
+        }
+        let median = |times: &[Duration]| {
+            let mut rates: Vec<f64> = times.iter().map(|t| mb_per_s((args.blob_mib as u64) << 20, *t)).collect();
+            rates.sort_by(f64::total_cmp);
+            rates[rates.len() / 2]
+        };
+        report("direct S3 multipart upload", args.blob_mib, &direct_push);
+        report("push through Berth (1 PATCH)", args.blob_mib, &berth_push);
+        println!("  Berth push / direct upload: {:.0} %", 100.0 * median(&berth_push) / median(&direct_push));
+        report("direct S3 GET", args.blob_mib, &direct_pull);
+        report("pull through Berth", args.blob_mib, &berth_pull);
+        println!("  Berth pull / direct GET: {:.0} %", 100.0 * median(&berth_pull) / median(&direct_pull));
+        report_rss("the comparison");
+        return Ok(());
+    }
     let mut pulled = None;
     if runs("stream") || runs("pull") {
         let mut times = Vec::new();

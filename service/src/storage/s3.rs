@@ -8,9 +8,10 @@
 //! - `uploads/<upload id>/tail-<start>-<end>`: the bytes of an upload short of a full part at the
 //!   end of a chunk, kept here (not in a replica's memory) so that any replica can continue.
 //!
-//! Uploads stream: parts go to the store while the request body is still arriving, up to
-//! `concurrency` at once, so the memory an upload holds is bounded by
-//! `(concurrency + 1) × part size` whatever the blob's size. A blob smaller than one part goes
+//! Uploads stream: parts go to the store while the request body is still arriving, so the
+//! push runs at the speed of the store; part buffers, the one filling and those in flight
+//! together, never number more than `concurrency`, so the memory an upload holds is bounded
+//! by `concurrency × part size` whatever the blob's size. A blob smaller than one part goes
 //! up in one `PutObject`, never as a multipart upload.
 
 use std::sync::Arc;
@@ -573,6 +574,7 @@ impl BlobStore for S3Store {
             buffer: BytesMut::new(),
             parts: JoinSet::new(),
             slots: Arc::new(Semaphore::new(self.inner.options.concurrency)),
+            buffer_slot: None,
         }))
     }
 
@@ -720,9 +722,11 @@ struct S3Writer {
     offset: u64,
     buffer: BytesMut,
     parts: JoinSet<Result<Part, StorageError>>,
-    /// One permit per part in flight: when all are taken, writing waits, and so does the
-    /// client's request body.
+    /// One permit per part buffer, filling or in flight: when all are taken, writing waits,
+    /// and so does the client's request body.
     slots: Arc<Semaphore>,
+    /// The slot of the buffer being filled.
+    buffer_slot: Option<OwnedSemaphorePermit>,
 }
 
 impl S3Writer {
@@ -730,7 +734,7 @@ impl S3Writer {
     async fn load_tail(&mut self) -> Result<(), StorageError> {
         if let Some(tail) = self.pending_tail.take() {
             let bytes = self.inner.get_bytes(&tail.key).await?;
-            if bytes.len() as u64 != tail.size {
+            if bytes.len() as u64 != tail.size || bytes.len() >= self.room().await? {
                 return Err(StorageError::Io(std::io::Error::other("upload tail has an unexpected size")));
             }
             self.buffer.extend_from_slice(&bytes);
@@ -775,17 +779,10 @@ impl S3Writer {
         if number > MAX_PARTS {
             return Err(StorageError::Io(std::io::Error::other("blob too large: more than 10,000 parts")));
         }
-        let permit: OwnedSemaphorePermit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StorageError::Io(std::io::Error::other("part slots closed")))?;
-        // Fail fast if a part already in flight failed.
-        while let Some(done) = self.parts.try_join_next() {
-            let part = done.map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
-            self.finished_part(part);
-        }
+        let permit = match self.buffer_slot.take() {
+            Some(permit) => permit,
+            None => self.slot().await?,
+        };
         let inner = self.inner.clone();
         self.parts.spawn(async move {
             let size = bytes.len() as u64;
@@ -825,6 +822,36 @@ impl S3Writer {
     fn full_part_size(&self) -> usize {
         part_size(self.inner.options.part_size, self.next_number)
     }
+
+    /// Bytes the part being filled still takes. The buffer holds a slot from the moment it
+    /// is allocated, so that buffers filling and parts in flight together never exceed
+    /// `concurrency` parts; and it is allocated at its final size up front, since a growing
+    /// buffer would double past it.
+    async fn room(&mut self) -> Result<usize, StorageError> {
+        if self.buffer_slot.is_none() {
+            self.buffer_slot = Some(self.slot().await?);
+        }
+        let size = self.full_part_size();
+        if self.buffer.capacity() < size {
+            self.buffer.reserve(size - self.buffer.len());
+        }
+        Ok(size - self.buffer.len())
+    }
+
+    /// Waits for a free slot, and fails fast if a part already in flight failed.
+    async fn slot(&mut self) -> Result<OwnedSemaphorePermit, StorageError> {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StorageError::Io(std::io::Error::other("part slots closed")))?;
+        while let Some(done) = self.parts.try_join_next() {
+            let part = done.map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
+            self.finished_part(part);
+        }
+        Ok(permit)
+    }
 }
 
 impl Drop for S3Writer {
@@ -843,18 +870,18 @@ impl Drop for S3Writer {
 
 #[async_trait]
 impl UploadWriter for S3Writer {
-    async fn write(&mut self, bytes: Bytes) -> Result<(), StorageError> {
+    async fn write(&mut self, mut bytes: Bytes) -> Result<(), StorageError> {
         self.load_tail().await?;
         self.offset += bytes.len() as u64;
-        self.buffer.extend_from_slice(&bytes);
-        loop {
-            let size = self.full_part_size();
-            if self.buffer.len() < size {
-                return Ok(());
+        while !bytes.is_empty() {
+            let take = self.room().await?.min(bytes.len());
+            self.buffer.extend_from_slice(&bytes.split_to(take));
+            if self.room().await? == 0 {
+                let part = std::mem::take(&mut self.buffer).freeze();
+                self.send_part(part).await?;
             }
-            let part = self.buffer.split_to(size).freeze();
-            self.send_part(part).await?;
         }
+        Ok(())
     }
 
     async fn finish(mut self: Box<Self>, last: Option<&Digest>) -> Result<UploadHandle, StorageError> {
