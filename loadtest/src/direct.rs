@@ -22,27 +22,26 @@ pub struct Direct {
 }
 
 impl Direct {
-    pub async fn connect(
-        endpoint: &str,
-        bucket: &str,
-        region: &str,
-        key: &str,
-        secret: &str,
-        part_size: usize,
-        concurrency: usize,
-        unsigned: bool,
-    ) -> Result<Direct> {
+    /// The store named by the `--s3-*` options.
+    pub async fn connect(args: &crate::Args, endpoint: &str) -> Result<Direct> {
+        let (key, secret) = (args.s3_access_key.as_str(), args.s3_secret.as_str());
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .http_client(berth::storage::s3::http_client(None).map_err(anyhow::Error::msg)?)
             .endpoint_url(endpoint)
-            .region(aws_sdk_s3::config::Region::new(region.to_owned()))
+            .region(aws_sdk_s3::config::Region::new(args.s3_region.clone()))
             .credentials_provider(aws_sdk_s3::config::Credentials::new(key, secret, None, None, "loadtest"))
             .force_path_style(true)
             .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
             .build();
-        Ok(Direct { client: Client::from_conf(config), bucket: bucket.to_owned(), part_size, concurrency, unsigned })
+        Ok(Direct {
+            client: Client::from_conf(config),
+            bucket: args.s3_bucket.clone(),
+            part_size: args.s3_part_mib << 20,
+            concurrency: args.s3_concurrency,
+            unsigned: args.s3_unsigned,
+        })
     }
 
     /// A multipart upload of the blob, `concurrency` parts at once.

@@ -408,17 +408,7 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     if let Some(endpoint) = &args.s3_endpoint {
-        let store = direct::Direct::connect(
-            endpoint,
-            &args.s3_bucket,
-            &args.s3_region,
-            &args.s3_access_key,
-            &args.s3_secret,
-            args.s3_part_mib << 20,
-            args.s3_concurrency,
-            args.s3_unsigned,
-        )
-        .await?;
+        let store = direct::Direct::connect(&args, endpoint).await?;
         let (mut berth_push, mut direct_push, mut berth_pull, mut direct_pull) = (vec![], vec![], vec![], vec![]);
         for round in 0..args.repeat.max(1) {
             // Alternate who goes first, so that neither always meets a warmer store.
