@@ -130,3 +130,32 @@ for _ in $(seq 50); do curl -fs "http://127.0.0.1:$short_port/v2/" >/dev/null &&
 url=$(curl -s -o /dev/null -w '%{redirect_url}' "http://127.0.0.1:$short_port/v2/redirect/app/blobs/$layer")
 sleep 2
 echo "  URL valid for 1 s, fetched 2 s later: HTTP $(answer "$url")"
+
+echo; echo "== 5. committing by copy instead, for comparison (boto3; a 512 MiB object from section 1) =="
+python3 - "$endpoint" "$key_id" "$secret" <<'PY'
+import concurrent.futures, sys, time
+import boto3
+from botocore.config import Config
+endpoint, key, secret = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,
+                  region_name="garage", config=Config(s3={"addressing_style": "path"}))
+source = next(o for o in s3.list_objects_v2(Bucket="bench", Prefix="loadtest-direct/")["Contents"]
+              if o["Size"] == 512 << 20)["Key"]
+started = time.monotonic()
+s3.copy_object(Bucket="bench", Key="copy/single", CopySource={"Bucket": "bench", "Key": source})
+print(f"  CopyObject of 512 MiB: {time.monotonic() - started:.2f} s")
+part = 64 << 20
+started = time.monotonic()
+upload = s3.create_multipart_upload(Bucket="bench", Key="copy/parts")["UploadId"]
+def copy(n):
+    first = (n - 1) * part
+    r = s3.upload_part_copy(Bucket="bench", Key="copy/parts", UploadId=upload, PartNumber=n,
+                            CopySource={"Bucket": "bench", "Key": source},
+                            CopySourceRange=f"bytes={first}-{first + part - 1}")
+    return {"PartNumber": n, "ETag": r["CopyPartResult"]["ETag"]}
+with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    parts = list(pool.map(copy, range(1, 9)))
+s3.complete_multipart_upload(Bucket="bench", Key="copy/parts", UploadId=upload, MultipartUpload={"Parts": parts})
+print(f"  8 parallel UploadPartCopy of 64 MiB: {time.monotonic() - started:.2f} s")
+print("  metadata pointer (what Berth does): no request, the CompleteMultipartUpload already made the object")
+PY

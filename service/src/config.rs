@@ -100,6 +100,11 @@ pub struct Settings {
     pub s3_checksums: bool,
     /// Metadata database; SQLite in the data directory when unset (`BERTH_DATABASE_URL`).
     pub database_url: Option<String>,
+    /// Redis for upload sessions, `redis://` or `rediss://` (TLS); sessions stay in this
+    /// process, for one replica only, when unset (`BERTH_REDIS_URL`).
+    pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key Berth writes, to share a Redis (`BERTH_REDIS_PREFIX`).
+    pub redis_prefix: String,
     /// Apply database migrations at start (`BERTH_MIGRATE`).
     pub migrate: bool,
     /// Allow deleting manifests, tags and blobs (`BERTH_DELETE`).
@@ -109,6 +114,9 @@ pub struct Settings {
     /// Seconds an upload may receive nothing before it is dropped
     /// (`BERTH_UPLOAD_IDLE_TIMEOUT`).
     pub upload_idle_timeout: u64,
+    /// Seconds a replica that died while receiving a chunk keeps its upload locked; a live
+    /// replica renews the lock as bytes arrive (`BERTH_UPLOAD_LOCK_TTL`).
+    pub upload_lock_ttl: u64,
     /// Seconds a request body may send nothing before the request is given up
     /// (`BERTH_BODY_IDLE_TIMEOUT`).
     pub body_idle_timeout: u64,
@@ -145,10 +153,13 @@ impl Default for Settings {
             s3_unsigned_payload: None,
             s3_checksums: false,
             database_url: None,
+            redis_url: None,
+            redis_prefix: "berth:".into(),
             migrate: true,
             delete: policy.delete_enabled,
             max_manifest_size: policy.max_manifest_size,
             upload_idle_timeout: policy.upload_idle_timeout.as_secs(),
+            upload_lock_ttl: policy.lock_ttl.as_secs(),
             body_idle_timeout: policy.body_idle_timeout.as_secs(),
             shutdown_timeout: 30,
             workers: None,
@@ -209,7 +220,7 @@ impl Settings {
             max_manifest_size: self.max_manifest_size,
             upload_idle_timeout: Duration::from_secs(self.upload_idle_timeout),
             body_idle_timeout: Duration::from_secs(self.body_idle_timeout),
-            ..Policy::default()
+            lock_ttl: Duration::from_secs(self.upload_lock_ttl),
         }
     }
 
@@ -218,6 +229,7 @@ impl Settings {
         let mut shown = self.clone();
         shown.database_url = shown.database_url.as_deref().map(mask_url_password);
         shown.s3_secret_access_key = shown.s3_secret_access_key.map(|_| Secret::new("***"));
+        shown.redis_url = shown.redis_url.map(|url| Secret::new(mask_url_password(url.expose())));
         shown
     }
 
@@ -234,6 +246,15 @@ impl Settings {
         }
         if self.s3_access_key_id.is_some() != self.s3_secret_access_key.is_some() {
             return Err("BERTH_S3_ACCESS_KEY_ID and BERTH_S3_SECRET_ACCESS_KEY go together".into());
+        }
+        // The lock is renewed every third of its TTL while bytes flow; a body that stalls for
+        // the body timeout right after a renewal must fail before the lock runs out.
+        if self.upload_lock_ttl < 2 * self.body_idle_timeout {
+            return Err(format!(
+                "BERTH_UPLOAD_LOCK_TTL ({}) must be at least twice BERTH_BODY_IDLE_TIMEOUT ({}): a chunk that stalls \
+                 must fail before its lock expires",
+                self.upload_lock_ttl, self.body_idle_timeout
+            ));
         }
         if self.s3_upload_concurrency == 0 {
             return Err("BERTH_S3_UPLOAD_CONCURRENCY must be at least 1".into());
@@ -270,10 +291,10 @@ impl Settings {
     }
 }
 
-/// `scheme://user:secret@host/…` → `scheme://user:***@host/…`.
+/// `scheme://user:secret@host/…` → `scheme://user:***@host/…` (also `scheme://:secret@…`).
 fn mask_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((credentials, host)) = rest.split_once('@') else { return url.to_owned() };
+    let Some((credentials, host)) = rest.rsplit_once('@') else { return url.to_owned() };
     match credentials.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
@@ -342,6 +363,7 @@ mod tests {
     fn masks_passwords_in_urls() {
         assert_eq!(mask_url_password("postgres://u:p4ss@db:5432/x"), "postgres://u:***@db:5432/x");
         assert_eq!(mask_url_password("sqlite://./data/berth.db"), "sqlite://./data/berth.db");
+        assert_eq!(mask_url_password("redis://:s3cret@cache:6379/0"), "redis://:***@cache:6379/0");
     }
 
     #[test]

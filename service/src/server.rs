@@ -13,7 +13,9 @@ use crate::auth::Authorizer;
 use crate::config::{Settings, StorageKind};
 use crate::metadata::sql::SqlMetadata;
 use crate::registry::Registry;
+use crate::sessions::SessionStore;
 use crate::sessions::memory::MemorySessions;
+use crate::sessions::redis::RedisSessions;
 use crate::storage::filesystem::FilesystemStore;
 use crate::storage::s3::S3Store;
 use crate::storage::{BlobStore, StorageError};
@@ -45,7 +47,13 @@ pub async fn build_registry(settings: &Settings) -> anyhow::Result<Registry> {
         .await
         .with_context(|| format!("cannot open metadata database {}", settings.masked().database_url()))?;
     let policy = settings.policy();
-    let sessions = Arc::new(MemorySessions::new(policy.upload_idle_timeout));
+    let sessions: Arc<dyn SessionStore> = match &settings.redis_url {
+        Some(url) => Arc::new(
+            RedisSessions::connect(url.expose(), &settings.redis_prefix, policy.upload_idle_timeout)
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => Arc::new(MemorySessions::new(policy.upload_idle_timeout)),
+    };
     Ok(Registry::new(blobs, Arc::new(metadata), sessions, policy))
 }
 

@@ -8,6 +8,7 @@ mod blobs;
 mod body;
 pub mod error;
 pub mod headers;
+mod health;
 mod listing;
 mod manifests;
 mod uploads;
@@ -64,7 +65,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/{name:.+}/tags/list").route(web::get().to(listing::tags)))
         .service(resource("/{name:.+}/referrers/{digest}").route(web::get().to(listing::referrers)))
         .default_service(web::to(not_found));
-    cfg.service(v2);
+    cfg.configure(health::configure).service(v2);
 }
 
 /// A route whose unhandled methods get an OCI `UNSUPPORTED` error rather than an empty 405.

@@ -97,8 +97,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
     /// Records that the blob `digest` is stored (when it was not already: the first record
-    /// of a digest stays) and belongs to `repository`.
-    async fn link_blob(&self, repository: &RepoName, digest: &Digest, blob: &BlobRecord) -> Result<(), MetadataError>;
+    /// of a digest stays) and belongs to `repository`. Returns the record that stays, which
+    /// differs from `blob` when another upload of the same digest was recorded first.
+    async fn link_blob(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+        blob: &BlobRecord,
+    ) -> Result<BlobRecord, MetadataError>;
 
     /// The blob, if it is stored, whichever repositories link it.
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError>;

@@ -30,6 +30,9 @@ pub struct SqlMetadata {
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+/// The migrator takes a PostgreSQL advisory lock, so that replicas starting together apply
+/// each migration once.
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 impl SqlMetadata {
     /// Connects to `url` (`sqlite://…` or `postgres://…`); `migrate` applies pending migrations.
@@ -64,9 +67,11 @@ impl SqlMetadata {
                 SqlMetadata { dialect, reads, writes }
             }
             Dialect::Postgres => {
+                // A database that went away fails requests after a few seconds (503), and the
+                // pool reconnects by itself when it is back.
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(Duration::from_secs(3))
                     .connect_with(options)
                     .await
                     .map_err(unavailable)?;
@@ -87,7 +92,7 @@ impl SqlMetadata {
     pub async fn migrate(&self) -> Result<(), MetadataError> {
         let migrator = match self.dialect {
             Dialect::Sqlite => &SQLITE_MIGRATIONS,
-            Dialect::Postgres => return Err(MetadataError::Other("PostgreSQL is not supported yet".into())),
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&self.writes).await.map_err(|e| MetadataError::Other(format!("migration failed: {e}")))
     }
@@ -168,7 +173,7 @@ async fn link(
     repository: i64,
     digest: &Digest,
     blob: &BlobRecord,
-) -> Result<(), MetadataError> {
+) -> Result<BlobRecord, MetadataError> {
     let now = now_ms();
     sqlx::query(
         "INSERT INTO blobs (digest, size, location, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING",
@@ -179,7 +184,7 @@ async fn link(
     .bind(now)
     .execute(&mut **tx)
     .await
-        .map_err(db_error)?;
+    .map_err(db_error)?;
     sqlx::query(
         "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
          ON CONFLICT (repository_id, digest) DO NOTHING",
@@ -190,7 +195,12 @@ async fn link(
     .execute(&mut **tx)
     .await
     .map_err(db_error)?;
-    Ok(())
+    let row = sqlx::query("SELECT size, location FROM blobs WHERE digest = $1")
+        .bind(digest.as_str())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    blob_columns(&row)
 }
 
 const BLOB_IN_REPOSITORY: &str = "SELECT b.size, b.location FROM repository_blobs rb \
@@ -220,11 +230,17 @@ impl MetadataStore for SqlMetadata {
         }
     }
 
-    async fn link_blob(&self, repository: &RepoName, digest: &Digest, blob: &BlobRecord) -> Result<(), MetadataError> {
+    async fn link_blob(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+        blob: &BlobRecord,
+    ) -> Result<BlobRecord, MetadataError> {
         let mut tx = self.begin().await?;
         let id = repository_id(&mut tx, repository).await?;
-        link(&mut tx, id, digest, blob).await?;
-        tx.commit().await.map_err(db_error)
+        let stored = link(&mut tx, id, digest, blob).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(stored)
     }
 
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError> {

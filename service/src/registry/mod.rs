@@ -6,6 +6,7 @@
 
 mod blobs;
 mod error;
+mod health;
 pub mod janitor;
 mod listing;
 mod manifests;
@@ -19,6 +20,7 @@ use futures_util::stream::LocalBoxStream;
 
 pub use blobs::{BlobContent, BlobRead, RangeRequest};
 pub use error::Error;
+pub use health::Check;
 pub use listing::MAX_PAGE;
 pub use manifests::PushedManifest;
 pub use uploads::{Chunk, UploadState};

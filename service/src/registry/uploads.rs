@@ -196,7 +196,17 @@ impl Registry {
                 self.blobs.commit_upload(&session.id, &session.handle, size, digest).await?
             }
         };
-        self.metadata.link_blob(repository, digest, &BlobRecord { size, location }).await?;
+        let ours = BlobRecord { size, location };
+        let stored = self.metadata.link_blob(repository, digest, &ours).await?;
+        if stored.location != ours.location
+            && let Some(location) = &ours.location
+        {
+            // Another upload of the same digest, on this replica or another, was recorded
+            // between our check and our commit: keep its copy, drop ours.
+            if let Err(e) = self.blobs.delete(digest, Some(location)).await {
+                tracing::warn!(%digest, location, error = %e, "could not delete a duplicate copy of a blob");
+            }
+        }
         self.sessions.delete(&session.id).await?;
         Ok(size)
     }

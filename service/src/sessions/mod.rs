@@ -5,6 +5,7 @@
 //! Every implementation passes the contract suite in `tests/sessions_contract.rs`.
 
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 

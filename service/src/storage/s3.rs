@@ -196,8 +196,11 @@ impl S3Store {
         };
         let http = http_client(connection.ca_file.as_deref())?;
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
-        if let Some(region) = &connection.region {
-            loader = loader.region(Region::new(region.clone()));
+        // Without a region, AWS's chain asks the instance metadata service; an S3-compatible
+        // store at its own endpoint has nothing to do with that, and rarely cares.
+        let region = connection.region.clone().or_else(|| connection.endpoint.as_ref().map(|_| "us-east-1".to_owned()));
+        if let Some(region) = region {
+            loader = loader.region(Region::new(region));
         }
         if let Some((id, secret)) = &connection.credentials {
             loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "berth-settings"));
@@ -382,6 +385,11 @@ impl Inner {
 
     /// Multipart uploads under the prefix: key, upload id, initiation time.
     async fn multipart_uploads(&self) -> Result<Vec<(String, String, SystemTime)>, StorageError> {
+        self.multipart_uploads_at(&self.options.prefix).await
+    }
+
+    /// Multipart uploads whose key starts with `prefix`.
+    async fn multipart_uploads_at(&self, prefix: &str) -> Result<Vec<(String, String, SystemTime)>, StorageError> {
         let mut found = Vec::new();
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
         loop {
@@ -389,7 +397,7 @@ impl Inner {
                 .client
                 .list_multipart_uploads()
                 .bucket(self.bucket())
-                .prefix(&self.options.prefix)
+                .prefix(prefix)
                 .set_key_marker(key_marker.clone())
                 .set_upload_id_marker(id_marker.clone())
                 .send()
@@ -623,7 +631,18 @@ impl BlobStore for S3Store {
                 .send()
                 .await
                 .map_err(|e| s3_error("CompleteMultipartUpload", e))?;
-            if state.content_addressed { None } else { Some(key) }
+            if state.content_addressed {
+                None
+            } else {
+                // A writer that died before its session learnt of its multipart upload (a
+                // replica killed mid-chunk) left one on this upload's own key: abort it.
+                for (other_key, other_id, _) in inner.multipart_uploads_at(&key).await? {
+                    if other_key == key && other_id != upload_id {
+                        inner.abort_multipart(&other_key, &other_id).await?;
+                    }
+                }
+                Some(key)
+            }
         } else {
             // A blob smaller than a part, pushed in chunks before its digest was known: its
             // bytes are the tail (or nothing at all, for the empty blob).

@@ -1,8 +1,12 @@
 //! Black-box tests: a real server on port 0, real SQLite and filesystem, driven over HTTP.
 #![allow(clippy::unwrap_used)]
 
+#[path = "../support/postgres.rs"]
+mod pgsupport;
 #[path = "../support/proxy.rs"]
 mod proxy;
+#[path = "../support/redis.rs"]
+mod redissupport;
 #[path = "../support/s3.rs"]
 mod s3support;
 
@@ -12,4 +16,5 @@ mod helpers;
 mod listing;
 mod manifests;
 mod s3;
+mod shared;
 mod uploads;

@@ -206,3 +206,40 @@ async fn a_store_that_goes_away_gets_503_and_loses_nothing() {
     let r = app.get(&format!("/v2/down/blobs/{}", image.layer_digest)).await;
     assert_eq!(sha256(&r.bytes().await.unwrap()), image.layer_digest);
 }
+
+#[tokio::test]
+async fn redirects_name_the_public_endpoint_when_there_is_one() {
+    let bucket = s3support::fresh_bucket().await;
+    let app = spawn_with(|s| {
+        s3support::configure(s, &bucket);
+        s.s3_public_endpoint = Some("https://blobs.example.com:9443".into());
+        s.s3_presign_expiry = 300;
+    })
+    .await;
+    let digest = app.push_blob("p", b"public").await;
+    let r = app.get(&format!("/v2/p/blobs/{digest}")).await;
+    assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+    let url = location(&r);
+    assert!(url.starts_with(&format!("https://blobs.example.com:9443/{bucket}/registry/blobs/sha256/")), "{url}");
+    assert!(url.contains("X-Amz-Expires=300"), "{url}");
+}
+
+#[tokio::test]
+async fn the_janitor_aborts_uploads_no_session_knows() {
+    let bucket = s3support::fresh_bucket().await;
+    let app = spawn_with(|s| {
+        s3support::configure(s, &bucket);
+        s.upload_idle_timeout = 1;
+    })
+    .await;
+    let location = app.start_upload("j").await;
+    let r = app.request(Method::PATCH, &location).body(pattern(PART + 3)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(s3support::multipart_uploads(&bucket).await, 1);
+    assert_eq!(app.registry.sweep_uploads().await, 0, "too young to sweep");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(app.registry.sweep_uploads().await, 1);
+    assert_eq!(s3support::multipart_uploads(&bucket).await, 0);
+    assert!(s3support::keys(&bucket).await.is_empty(), "the tail is gone too");
+    assert_error(app.get(&location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+}

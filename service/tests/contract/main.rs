@@ -20,6 +20,10 @@ macro_rules! contract {
     };
 }
 
+#[path = "../support/postgres.rs"]
+mod pgsupport;
+#[path = "../support/redis.rs"]
+mod redissupport;
 #[path = "../support/s3.rs"]
 mod s3support;
 

@@ -156,15 +156,29 @@ async fn sqlite() -> (Arc<dyn MetadataStore>, tempfile::TempDir) {
     (Arc::new(store), dir)
 }
 
-contract!(
-    sqlite,
-    sqlite,
-    [
-        blob_links_are_per_repository,
-        mounts_need_the_blob_in_the_source,
-        a_manifest_with_missing_references_stores_nothing,
-        manifests_and_tags,
-        listings_are_sorted_and_paged,
-        referrers_by_subject_and_artifact_type,
-    ]
-);
+/// The whole case list, for every backend.
+macro_rules! metadata_store_contract {
+    ($backend:ident, $make:ident) => {
+        contract!(
+            $backend,
+            $make,
+            [
+                blob_links_are_per_repository,
+                mounts_need_the_blob_in_the_source,
+                a_manifest_with_missing_references_stores_nothing,
+                manifests_and_tags,
+                listings_are_sorted_and_paged,
+                referrers_by_subject_and_artifact_type,
+            ]
+        );
+    };
+}
+
+metadata_store_contract!(sqlite, sqlite);
+
+async fn postgres() -> (Arc<dyn MetadataStore>, ()) {
+    let url = crate::pgsupport::fresh_database().await;
+    (Arc::new(berth::metadata::sql::SqlMetadata::connect(&url, true).await.unwrap()), ())
+}
+
+metadata_store_contract!(postgres, postgres);

@@ -100,16 +100,35 @@ async fn memory() -> (Arc<dyn SessionStore>, ()) {
     (Arc::new(berth::sessions::memory::MemorySessions::new(IDLE)), ())
 }
 
-contract!(
-    memory,
-    memory,
-    [
-        sessions_round_trip,
-        one_lock_holder_at_a_time,
-        only_the_lock_holder_saves,
-        an_unrenewed_lock_expires,
-        renewing_keeps_the_lock,
-        deleted_sessions_are_gone,
-        idle_sessions_expire,
-    ]
-);
+/// The whole case list, for every backend.
+macro_rules! session_store_contract {
+    ($backend:ident, $make:ident) => {
+        contract!(
+            $backend,
+            $make,
+            [
+                sessions_round_trip,
+                one_lock_holder_at_a_time,
+                only_the_lock_holder_saves,
+                an_unrenewed_lock_expires,
+                renewing_keeps_the_lock,
+                deleted_sessions_are_gone,
+                idle_sessions_expire,
+            ]
+        );
+    };
+}
+
+session_store_contract!(memory, memory);
+
+async fn redis() -> (Arc<dyn SessionStore>, ()) {
+    let store = berth::sessions::redis::RedisSessions::connect(
+        &crate::redissupport::url(),
+        &crate::redissupport::fresh_prefix(),
+        IDLE,
+    )
+    .unwrap();
+    (Arc::new(store), ())
+}
+
+session_store_contract!(redis, redis);

@@ -5,18 +5,25 @@
 # pulls.
 #
 # usage: clients.sh BERTH_BINARY
+#
+# With E2E_REGISTRY=HOST:PORT the script drives that registry instead of starting one
+# (E2E_LOGS: the replicas' log files, E2E_PIDS: their process ids, for the checks that read
+# them).
 set -euo pipefail
 
 berth=$(realpath "${1:?usage: clients.sh BERTH_BINARY}")
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/berth-e2e.XXXXXX)
 pid=
+logs=()
 cleanup() {
     status=$?
     [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
     if [ $status -ne 0 ]; then
-        echo "--- last lines of the berth log ($work/berth.log) ---"
-        tail -n 40 "$work/berth.log" || true
+        for log in "${logs[@]}"; do
+            echo "--- last lines of $log ---"
+            tail -n 30 "$log" || true
+        done
     else
         chmod -R u+rwX "$work" 2>/dev/null
         rm -rf "$work" 2>/dev/null || echo "note: could not remove all of $work"
@@ -41,16 +48,24 @@ wait "$noconfig" 2>/dev/null || true
 [ -f "$work/noconfig/data/berth.db" ] && [ -d "$work/noconfig/data/blobs" ] || fail "no ./data/berth.db and ./data/blobs"
 ok "berth serve with no configuration answers GET /v2/ on 127.0.0.1:5000 and keeps its data in ./data"
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-reg=127.0.0.1:$port
-BERTH_LISTEN=$reg BERTH_DATA_DIR=$work/data "$berth" serve >"$work/berth.log" 2>&1 &
-pid=$!
+if [ -n "${E2E_REGISTRY:-}" ]; then
+    reg=$E2E_REGISTRY
+    read -r -a logs <<<"${E2E_LOGS:?E2E_LOGS names the log files of the replicas}"
+    read -r -a pids <<<"${E2E_PIDS:?E2E_PIDS names the process ids of the replicas}"
+else
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    reg=127.0.0.1:$port
+    BERTH_LISTEN=$reg BERTH_DATA_DIR=$work/data "$berth" serve >"$work/berth.log" 2>&1 &
+    pid=$!
+    logs=("$work/berth.log")
+    pids=("$pid")
+fi
 for _ in $(seq 100); do
     curl -fsS "http://$reg/v2/" >/dev/null 2>&1 && break
     sleep 0.1
 done
-curl -fsS "http://$reg/v2/" >/dev/null || fail "berth did not start"
-ok "berth serving on $reg"
+curl -fsS "http://$reg/v2/" >/dev/null || fail "no registry answers on $reg"
+ok "registry serving on $reg"
 
 skopeo=(skopeo --insecure-policy)
 tls=(--src-tls-verify=false --dest-tls-verify=false)
@@ -93,7 +108,7 @@ done
 ok "skopeo pull by tag and by digest: same manifest, every blob verified"
 
 "${skopeo[@]}" copy -q "${tls[@]}" "docker://$reg/e2e/app:v1" "docker://$reg/e2e/copy:v1"
-mounts=$(grep -c 'method=POST path=/v2/e2e/copy/blobs/uploads/ query=.*mount=.* status=201' "$work/berth.log" || true)
+mounts=$(cat "${logs[@]}" | grep -c 'method=POST path=/v2/e2e/copy/blobs/uploads/ query=.*mount=.* status=201' || true)
 [ "$mounts" -ge 1 ] || fail "copy to a second repository mounted no blob"
 [ "$("${skopeo[@]}" inspect --tls-verify=false "docker://$reg/e2e/copy:v1" | jq -r .Digest)" = "$local_digest" ] ||
     fail "copy has another digest"
@@ -124,7 +139,7 @@ ok "skopeo delete: app:old gone, app:v1 still there"
 python3 "$here/oras_roundtrip.py" "$reg" e2e/app "$remote_digest" "$work/oras"
 
 if [ "${BERTH_STORAGE:-filesystem}" = s3 ] && [ "${BERTH_S3_REDIRECT:-true}" = true ]; then
-    redirects=$(grep -c 'method=GET path=/v2/[^ ]*/blobs/sha256:[^ ]* query= status=307' "$work/berth.log" || true)
+    redirects=$(cat "${logs[@]}" | grep -c 'method=GET path=/v2/[^ ]*/blobs/sha256:[^ ]* query= status=307' || true)
     [ "$redirects" -ge 1 ] || fail "no blob GET was redirected to the object store"
     ok "blob pulls went to the object store through $redirects presigned redirects"
 fi
@@ -146,7 +161,7 @@ fi
 loadtest=$(dirname "$berth")/berth-loadtest
 big=${E2E_BIG_MIB:-1024}
 "$loadtest" --registry "http://$reg" --blob-mib "$big" --repeat 1 --only stream,pull --repository e2e/big | sed 's/^/  /'
-peak_kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
+peak_kib=$(for p in "${pids[@]}"; do awk '/^VmHWM:/ {print $2}' "/proc/$p/status"; done | sort -n | tail -1)
 [ "$peak_kib" -lt $((100 * 1024)) ] || fail "peak RSS $((peak_kib / 1024)) MiB during the $big MiB round trip"
 ok "$big MiB blob pushed in one streamed PATCH and pulled back, digests match; server peak RSS $((peak_kib / 1024)) MiB"
 

@@ -1,0 +1,263 @@
+//! Replicas sharing PostgreSQL, Redis and S3, in one process: races between them, and
+//! backends that go away and come back.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::proxy::Proxy;
+use crate::{pgsupport, redissupport, s3support};
+
+/// Where the shared backends are, for every replica of one test.
+struct Shared {
+    database: String,
+    redis: String,
+    prefix: String,
+    bucket: String,
+}
+
+impl Shared {
+    async fn new() -> Shared {
+        Shared {
+            database: pgsupport::fresh_database().await,
+            redis: redissupport::url(),
+            prefix: redissupport::fresh_prefix(),
+            bucket: s3support::fresh_bucket().await,
+        }
+    }
+
+    async fn replica(&self) -> TestApp {
+        spawn_with(|s| {
+            s3support::configure(s, &self.bucket);
+            s.s3_redirect = false;
+            s.database_url = Some(self.database.clone());
+            s.redis_url = Some(berth::config::Secret::new(self.redis.clone()));
+            s.redis_prefix = self.prefix.clone();
+        })
+        .await
+    }
+}
+
+/// `host:port` of a `scheme://[user@]host:port/…` URL.
+fn authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+}
+
+async fn push_streamed(app: &TestApp, repo: &str, blob: &[u8]) -> reqwest::Response {
+    let location = app.start_upload(repo).await;
+    let pieces: Vec<Result<Bytes, std::io::Error>> =
+        blob.chunks(500_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let r = app
+        .request(Method::PATCH, &location)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    app.request(Method::PUT, &format!("{}?digest={}", location, sha256(blob))).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn an_upload_moves_between_replicas_chunk_by_chunk() {
+    let shared = Shared::new().await;
+    let replicas = [shared.replica().await, shared.replica().await, shared.replica().await];
+    let blob = pattern(2 * s3support::PART + 12345);
+    let location = replicas[0].start_upload("walk").await;
+    let mut start = 0;
+    for (i, size) in [1usize, 3 << 20, 4 << 20, 1000, 2 << 20].into_iter().enumerate() {
+        let end = start + size - 1;
+        let r = replicas[(i + 1) % 3]
+            .request(Method::PATCH, &location)
+            .header("Content-Range", format!("{start}-{end}"))
+            .body(blob[start..=end].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{}", r.text().await.unwrap());
+        start = end + 1;
+    }
+    let r = replicas[2]
+        .request(Method::PUT, &format!("{location}?digest={}", sha256(&blob)))
+        .body(blob[start..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    for replica in &replicas {
+        let r = replica.get(&format!("/v2/walk/blobs/{}", sha256(&blob))).await;
+        assert_eq!(r.bytes().await.unwrap(), blob);
+    }
+}
+
+#[tokio::test]
+async fn the_same_blob_pushed_at_once_through_two_replicas_is_stored_once() {
+    let shared = Shared::new().await;
+    let (a, b) = (shared.replica().await, shared.replica().await);
+    for round in 0..3 {
+        let blob = pattern(s3support::PART + 1000 + round);
+        let (ra, rb) = tokio::join!(push_streamed(&a, "race/a", &blob), push_streamed(&b, "race/b", &blob));
+        assert_eq!((ra.status(), rb.status()), (StatusCode::CREATED, StatusCode::CREATED));
+        // Monolithic pushes name the digest up front and race for the same key.
+        let small = pattern(2000 + round);
+        let digest = sha256(&small);
+        let post = |app: &TestApp| {
+            app.request(Method::POST, &format!("/v2/race/m/blobs/uploads/?digest={digest}")).body(small.clone()).send()
+        };
+        let (ra, rb) = tokio::join!(post(&a), post(&b));
+        assert_eq!((ra.unwrap().status(), rb.unwrap().status()), (StatusCode::CREATED, StatusCode::CREATED));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let keys = s3support::keys(&shared.bucket).await;
+    assert_eq!(keys.len(), 6, "one object per digest: {keys:?}");
+    assert_eq!(s3support::multipart_uploads(&shared.bucket).await, 0);
+}
+
+#[tokio::test]
+async fn the_same_tag_pushed_at_once_points_at_one_manifest_and_keeps_both() {
+    let shared = Shared::new().await;
+    let (a, b) = (shared.replica().await, shared.replica().await);
+    let first = a.push_image("tags", "setup-a", "one").await;
+    let second = b.push_image("tags", "setup-b", "two").await;
+    for round in 0..10 {
+        let tag = format!("race{round}");
+        let (ra, rb) = tokio::join!(
+            a.put_manifest("tags", &tag, OCI_MANIFEST, &first.bytes),
+            b.put_manifest("tags", &tag, OCI_MANIFEST, &second.bytes)
+        );
+        assert_eq!((ra.status(), rb.status()), (StatusCode::CREATED, StatusCode::CREATED));
+        let winner = a.get(&format!("/v2/tags/manifests/{tag}")).await.bytes().await.unwrap();
+        assert!(winner == first.bytes || winner == second.bytes);
+        assert_eq!(b.get(&format!("/v2/tags/manifests/{tag}")).await.bytes().await.unwrap(), winner, "replicas agree");
+    }
+    for image in [&first, &second] {
+        for replica in [&a, &b] {
+            let r = replica.get(&format!("/v2/tags/manifests/{}", image.digest)).await;
+            assert_eq!(r.bytes().await.unwrap(), image.bytes);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_manifest_racing_its_last_blob_is_stored_whole_or_refused() {
+    let shared = Shared::new().await;
+    let (a, b) = (shared.replica().await, shared.replica().await);
+    let config = a.push_blob("mbu", b"{}").await;
+    let (mut stored, mut refused) = (0, 0);
+    for round in 0..12 {
+        let layer = pattern(300_000 + round);
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config.as_str(), "size": 2},
+            "layers": [{"mediaType": OCI_LAYER, "digest": sha256(&layer).as_str(), "size": layer.len()}],
+        }))
+        .unwrap();
+        let tag = format!("r{round}");
+        let delay = Duration::from_millis((round as u64 % 4) * 3);
+        let (blob, put) = tokio::join!(push_streamed(&a, "mbu", &layer), async {
+            tokio::time::sleep(delay).await;
+            b.put_manifest("mbu", &tag, OCI_MANIFEST, &manifest).await
+        });
+        assert_eq!(blob.status(), StatusCode::CREATED);
+        match put.status() {
+            StatusCode::CREATED => {
+                stored += 1;
+                let r = a.get(&format!("/v2/mbu/blobs/{}", sha256(&layer))).await;
+                assert_eq!(r.bytes().await.unwrap(), layer, "a stored manifest's layer is there");
+            }
+            StatusCode::BAD_REQUEST => {
+                refused += 1;
+                let body: Value = put.json().await.unwrap();
+                assert_eq!(body["errors"][0]["code"], "MANIFEST_BLOB_UNKNOWN");
+                assert_eq!(a.get(&format!("/v2/mbu/manifests/{tag}")).await.status(), StatusCode::NOT_FOUND);
+            }
+            other => panic!("manifest PUT gave {other}"),
+        }
+    }
+    assert_eq!(stored + refused, 12);
+}
+
+#[tokio::test]
+async fn a_database_that_goes_away_gets_503_and_readyz_says_so() {
+    let shared = Shared::new().await;
+    let postgres: std::net::SocketAddr = authority(&shared.database).parse().unwrap();
+    let proxy = Proxy::start(postgres).await;
+    let through_proxy = shared.database.replacen(&authority(&shared.database), &proxy.addr.to_string(), 1);
+    let app = spawn_with(|s| {
+        s3support::configure(s, &shared.bucket);
+        s.database_url = Some(through_proxy.clone());
+    })
+    .await;
+    let image = app.push_image("db", "v1", "outage").await;
+    proxy.cut();
+    let r = app.get("/v2/db/manifests/v1").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(header(&r, "retry-after").is_some());
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["components"]["metadata"]["status"], "unavailable", "{body}");
+    assert_eq!(body["components"]["storage"]["status"], "ok", "{body}");
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+    proxy.restore();
+    // The pool reconnects by itself.
+    wait_until(async || app.get("/readyz").await.status() == StatusCode::OK).await;
+    assert_eq!(app.get("/v2/db/manifests/v1").await.bytes().await.unwrap(), image.bytes);
+}
+
+#[tokio::test]
+async fn a_redis_that_goes_away_gets_503_and_comes_back() {
+    let shared = Shared::new().await;
+    let redis: std::net::SocketAddr = authority(&shared.redis).parse().unwrap();
+    let proxy = Proxy::start(redis).await;
+    let app = spawn_with(|s| {
+        s3support::configure(s, &shared.bucket);
+        s.database_url = Some(shared.database.clone());
+        s.redis_url = Some(berth::config::Secret::new(format!("redis://{}", proxy.addr)));
+        s.redis_prefix = shared.prefix.clone();
+    })
+    .await;
+    let image = app.push_image("r", "v1", "redis").await;
+    let location = app.start_upload("r").await;
+    proxy.cut();
+    let r = app.request(Method::POST, "/v2/r/blobs/uploads/").send().await.unwrap();
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE").await;
+    let r = app.request(Method::PATCH, &location).body("abc").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(body["components"]["sessions"]["status"], "unavailable", "{body}");
+    // Pulls need no session.
+    assert_eq!(app.get("/v2/r/manifests/v1").await.bytes().await.unwrap(), image.bytes);
+    proxy.restore();
+    wait_until(async || app.get("/readyz").await.status() == StatusCode::OK).await;
+    let r = app.request(Method::PATCH, &location).body("abc").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "the upload survived the outage");
+}
+
+#[tokio::test]
+async fn losing_redis_loses_the_uploads_in_progress_and_nothing_else() {
+    let shared = Shared::new().await;
+    let app = shared.replica().await;
+    let image = app.push_image("lost", "v1", "flush").await;
+    let location = app.start_upload("lost").await;
+    let r = app.request(Method::PATCH, &location).body(pattern(s3support::PART + 1)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // What a Redis restart without persistence does to this test's keys.
+    let client = redis::Client::open(shared.redis.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}*", shared.prefix)).query_async(&mut connection).await.unwrap();
+    assert!(!keys.is_empty());
+    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut connection).await.unwrap();
+    assert_error(app.get(&location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    assert_eq!(app.get("/v2/lost/manifests/v1").await.bytes().await.unwrap(), image.bytes);
+    let r = app.get(&format!("/v2/lost/blobs/{}", image.layer_digest)).await;
+    assert_eq!(sha256(&r.bytes().await.unwrap()), image.layer_digest);
+    // The client starts over, and that works.
+    let blob = pattern(s3support::PART + 1);
+    assert_eq!(push_streamed(&app, "lost", &blob).await.status(), StatusCode::CREATED);
+}
