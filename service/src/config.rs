@@ -43,6 +43,18 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// How clients prove who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Everyone may do everything: for the embedded default on 127.0.0.1.
+    None,
+    /// HTTP Basic against the htpasswd file, on every request.
+    Basic,
+    /// Docker token auth: Berth issues JWTs at `/token` and checks them.
+    Token,
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,6 +117,43 @@ pub struct Settings {
     pub redis_url: Option<Secret>,
     /// Prefix of every Redis key Berth writes, to share a Redis (`BERTH_REDIS_PREFIX`).
     pub redis_prefix: String,
+    /// `none`, `basic` or `token` (`BERTH_AUTH`).
+    pub auth: AuthMode,
+    /// htpasswd file of bcrypt hashes; re-read when it changes (`BERTH_HTPASSWD`).
+    pub htpasswd: Option<PathBuf>,
+    /// Access rules file (`BERTH_ACCESS`); without one, anyone logged in may do everything
+    /// and anonymous users nothing.
+    pub access: Option<PathBuf>,
+    /// The URL clients reach Berth at, for the token realm; taken from each request when
+    /// unset (`BERTH_EXTERNAL_URL`).
+    pub external_url: Option<String>,
+    /// Name of this registry in tokens: their `aud`, the challenge's `service`
+    /// (`BERTH_SERVICE`).
+    pub service: String,
+    /// Token signing keys, comma-separated PEM files: the first signs, the others are still
+    /// accepted (key rotation). A P-256 key is generated into the data directory when unset
+    /// (`BERTH_TOKEN_KEY`).
+    pub token_key: Option<String>,
+    /// Seconds an access token is valid (`BERTH_TOKEN_TTL`).
+    pub token_ttl: u64,
+    /// `iss` of the tokens Berth issues (`BERTH_TOKEN_ISSUER`).
+    pub token_issuer: String,
+    /// Issuer of tokens from an external authorization service to accept as well
+    /// (`BERTH_TOKEN_TRUSTED_ISSUER`).
+    pub token_trusted_issuer: Option<String>,
+    /// Audience those tokens carry; `BERTH_SERVICE` when unset (`BERTH_TOKEN_TRUSTED_AUDIENCE`).
+    pub token_trusted_audience: Option<String>,
+    /// Their public keys: a JWKS file, a PEM public key file, or an `https://` JWKS URL
+    /// (`BERTH_TOKEN_TRUSTED_KEYS`).
+    pub token_trusted_keys: Option<String>,
+    /// Failed logins per user or client address before further ones are refused
+    /// (`BERTH_LOGIN_MAX_FAILURES`).
+    pub login_max_failures: u32,
+    /// Seconds failed logins are counted over, and refused for (`BERTH_LOGIN_FAILURE_WINDOW`).
+    pub login_failure_window: u64,
+    /// Take the client address from `X-Forwarded-For`/`Forwarded` (set it behind a proxy that
+    /// sets them, and only then) (`BERTH_TRUST_FORWARDED`).
+    pub trust_forwarded: bool,
     /// Apply database migrations at start (`BERTH_MIGRATE`).
     pub migrate: bool,
     /// Allow deleting manifests, tags and blobs (`BERTH_DELETE`).
@@ -155,6 +204,20 @@ impl Default for Settings {
             database_url: None,
             redis_url: None,
             redis_prefix: "berth:".into(),
+            auth: AuthMode::None,
+            htpasswd: None,
+            access: None,
+            external_url: None,
+            service: "berth".into(),
+            token_key: None,
+            token_ttl: 300,
+            token_issuer: "berth".into(),
+            token_trusted_issuer: None,
+            token_trusted_audience: None,
+            token_trusted_keys: None,
+            login_max_failures: 10,
+            login_failure_window: 300,
+            trust_forwarded: false,
             migrate: true,
             delete: policy.delete_enabled,
             max_manifest_size: policy.max_manifest_size,
@@ -255,6 +318,15 @@ impl Settings {
                  must fail before its lock expires",
                 self.upload_lock_ttl, self.body_idle_timeout
             ));
+        }
+        if self.auth == AuthMode::Basic && self.htpasswd.is_none() {
+            return Err("BERTH_AUTH=basic needs BERTH_HTPASSWD".into());
+        }
+        if self.token_trusted_keys.is_some() != self.token_trusted_issuer.is_some() {
+            return Err("BERTH_TOKEN_TRUSTED_KEYS and BERTH_TOKEN_TRUSTED_ISSUER go together".into());
+        }
+        if self.token_ttl < 60 {
+            return Err("BERTH_TOKEN_TTL must be at least 60 seconds (Docker clients expect that much)".into());
         }
         if self.s3_upload_concurrency == 0 {
             return Err("BERTH_S3_UPLOAD_CONCURRENCY must be at least 1".into());

@@ -22,3 +22,8 @@ pub mod server;
 pub mod sessions;
 pub mod storage;
 pub mod telemetry;
+
+/// Makes ring the TLS crypto provider of the process (Redis over TLS, JWKS fetches). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

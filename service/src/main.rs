@@ -23,10 +23,24 @@ enum Command {
     Migrate(ConfigArgs),
     /// Print the effective configuration (secrets masked) and exit; fails on a bad setting.
     CheckConfig(ServeArgs),
+    /// Manage the users of the htpasswd file (BERTH_HTPASSWD).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Remove what abandoned uploads left in the blob store (multipart uploads, partial
     /// objects) once they are older than the upload idle timeout, and exit. `berth serve`
     /// does this on its own every few minutes.
     Gc(ServeArgs),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user, or set a user's password: a bcrypt entry in the htpasswd file. The password
+    /// is read from standard input (one line), or asked for on a terminal.
+    Add {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 #[derive(Args)]
@@ -56,6 +70,7 @@ impl ServeArgs {
 }
 
 fn main() -> ExitCode {
+    berth::install_crypto_provider();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,6 +79,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line of standard input, prompting on a terminal (without hiding the input: pipe the
+/// password in to keep it off the screen).
+fn read_password(name: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password for {name}: ");
+        std::io::stderr().flush()?;
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    Ok(password)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -83,6 +114,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("migrations applied");
                 Ok(())
             })
+        }
+        Command::User(UserCommand::Add { name, config }) => {
+            let settings =
+                Settings::load(config.config.as_deref(), &Overrides::default()).context("invalid configuration")?;
+            let path = settings.htpasswd.context("set BERTH_HTPASSWD to the htpasswd file to write")?;
+            let password = read_password(&name)?;
+            berth::auth::htpasswd::add_user(&path, &name, &password).map_err(anyhow::Error::msg)?;
+            println!("{name} written to {}", path.display());
+            Ok(())
         }
         Command::Gc(args) => {
             let settings = args.settings()?;

@@ -9,8 +9,12 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
 use crate::api::{self, AppState};
-use crate::auth::Authorizer;
-use crate::config::{Settings, StorageKind};
+use crate::auth::htpasswd::Htpasswd;
+use crate::auth::limiter::Limiter;
+use crate::auth::rules::AccessRules;
+use crate::auth::token::{self, Tokens, TrustedIssuer};
+use crate::auth::{Authorizer, Mode};
+use crate::config::{AuthMode, Settings, StorageKind};
 use crate::metadata::sql::SqlMetadata;
 use crate::registry::Registry;
 use crate::sessions::SessionStore;
@@ -57,6 +61,62 @@ pub async fn build_registry(settings: &Settings) -> anyhow::Result<Registry> {
     Ok(Registry::new(blobs, Arc::new(metadata), sessions, policy))
 }
 
+/// Builds the authorizer the settings ask for.
+pub async fn build_authorizer(settings: &Settings) -> anyhow::Result<Authorizer> {
+    let mode = match settings.auth {
+        AuthMode::None => return Ok(Authorizer::none()),
+        AuthMode::Basic => Mode::Basic,
+        AuthMode::Token => Mode::Token,
+    };
+    let users = match &settings.htpasswd {
+        Some(path) => Some(Htpasswd::load(path).map_err(anyhow::Error::msg).context("BERTH_HTPASSWD")?),
+        None => None,
+    };
+    let rules = match &settings.access {
+        Some(path) => AccessRules::load(path).map_err(anyhow::Error::msg).context("BERTH_ACCESS")?,
+        None => AccessRules::logged_in_may_do_everything(),
+    };
+    let tokens = if mode == Mode::Token {
+        let keys = token::load_keys(settings.token_key.as_deref(), &settings.data_dir).context("BERTH_TOKEN_KEY")?;
+        let trusted = match (&settings.token_trusted_issuer, &settings.token_trusted_keys) {
+            (Some(issuer), Some(source)) => Some(TrustedIssuer {
+                issuer: issuer.clone(),
+                audience: settings.token_trusted_audience.clone().unwrap_or_else(|| settings.service.clone()),
+                keys: trusted_keys(source).await.context("BERTH_TOKEN_TRUSTED_KEYS")?,
+            }),
+            _ => None,
+        };
+        let ttl = Duration::from_secs(settings.token_ttl);
+        Some(Tokens::new(&keys, &settings.token_issuer, &settings.service, ttl, trusted)?)
+    } else {
+        None
+    };
+    let window = Duration::from_secs(settings.login_failure_window);
+    let limiter = match &settings.redis_url {
+        Some(url) => Limiter::in_redis(settings.login_max_failures, window, url.expose(), &settings.redis_prefix)
+            .map_err(anyhow::Error::msg)?,
+        None => Limiter::in_memory(settings.login_max_failures, window),
+    };
+    Ok(Authorizer::new(mode, users, rules, tokens, limiter, settings.external_url.clone(), settings.service.clone()))
+}
+
+/// The external issuer's keys: fetched when `source` is a URL, read when it is a file.
+async fn trusted_keys(source: &str) -> anyhow::Result<Vec<u8>> {
+    if source.starts_with("https://") || source.starts_with("http://") {
+        let response = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?
+            .get(source)
+            .send()
+            .await
+            .with_context(|| format!("cannot fetch {source}"))?
+            .error_for_status()?;
+        Ok(response.bytes().await?.to_vec())
+    } else {
+        std::fs::read(source).with_context(|| format!("cannot read {source}"))
+    }
+}
+
 /// A server bound to its address and running in the background.
 pub struct Running {
     pub addr: SocketAddr,
@@ -66,11 +126,17 @@ pub struct Running {
 
 /// Binds `settings.listen` (port 0 picks a free port) and starts serving.
 pub async fn start(settings: &Settings) -> anyhow::Result<(Running, Server)> {
+    crate::install_crypto_provider();
     let registry = build_registry(settings).await?;
+    let auth = build_authorizer(settings).await?;
     let listener =
         TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    let state = web::Data::new(AppState { registry: registry.clone(), auth: Authorizer::none() });
+    if auth.mode() == Mode::None && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "authentication is off (BERTH_AUTH=none) on an address other hosts can reach");
+    }
+    let state =
+        web::Data::new(AppState { registry: registry.clone(), auth, trust_forwarded: settings.trust_forwarded });
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())

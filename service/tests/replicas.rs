@@ -229,6 +229,7 @@ async fn replicas_share_everything_and_survive_a_kill() {
     for replica in &mut replicas {
         replica.start();
     }
+    berth::install_crypto_provider();
     let client = Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
     for replica in &replicas {
         let url = format!("http://127.0.0.1:{}/readyz", replica.port);

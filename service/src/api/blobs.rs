@@ -28,7 +28,7 @@ fn blob_headers(response: &mut HttpResponseBuilder, digest: &Digest) {
 /// code that MUST be 200 OK … A registry SHOULD support the Range request header."
 pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
     let (name, d) = path.into_inner();
-    let name = authorized(&state, &req, &name, &[Action::Pull])?;
+    let name = authorized(&state, &req, &name, &[Action::Pull]).await?;
     let digest = h::digest(&d)?;
     let read = state.registry.read_blob(&name, &digest, h::range(req.headers())).await?;
     let (range, body) = match read.content {
@@ -59,7 +59,7 @@ pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String
 /// the size in bytes … in the header Content-Length."
 pub async fn head(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
     let (name, d) = path.into_inner();
-    let name = authorized(&state, &req, &name, &[Action::Pull])?;
+    let name = authorized(&state, &req, &name, &[Action::Pull]).await?;
     let digest = h::digest(&d)?;
     let size = state.registry.blob_size(&name, &digest).await?;
     let mut response = HttpResponse::Ok();
@@ -73,7 +73,7 @@ pub async fn head(state: State, req: HttpRequest, path: web::Path<(String, Strin
 /// found, a 404 Not Found code MUST be returned."
 pub async fn delete(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
     let (name, d) = path.into_inner();
-    let name = authorized(&state, &req, &name, &[Action::Delete])?;
+    let name = authorized(&state, &req, &name, &[Action::Delete]).await?;
     let digest = h::digest(&d)?;
     state.registry.delete_blob(&name, &digest).await?;
     Ok(HttpResponse::Accepted().finish())

@@ -6,6 +6,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::auth::Denial;
 use crate::registry::Error;
 
 /// Seconds a client is told to wait before retrying when a backend is down.
@@ -20,6 +21,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error(transparent)]
+    Auth(#[from] Denial),
 }
 
 /// The OCI error codes (distribution-spec, "Error Codes"), plus the two used on 5xx answers,
@@ -95,6 +98,12 @@ impl ApiError {
             },
             ApiError::NotFound(_) => (S::NOT_FOUND, Code::NameUnknown),
             ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, Code::Unsupported),
+            ApiError::Auth(denial) => match denial {
+                Denial::Unauthenticated { .. } => (S::UNAUTHORIZED, Code::Unauthorized),
+                Denial::Forbidden(_) => (S::FORBIDDEN, Code::Denied),
+                Denial::TooManyAttempts { .. } => (S::TOO_MANY_REQUESTS, Code::TooManyRequests),
+                Denial::BadRequest(_) => (S::BAD_REQUEST, Code::Unsupported),
+            },
         }
     }
 
@@ -134,6 +143,12 @@ impl ResponseError for ApiError {
             }
             ApiError::Registry(Error::Unavailable(_)) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS)));
+            }
+            ApiError::Auth(Denial::Unauthenticated { challenge, .. }) => {
+                response.insert_header((header::WWW_AUTHENTICATE, challenge.as_str()));
+            }
+            ApiError::Auth(Denial::TooManyAttempts { retry_after }) => {
+                response.insert_header((header::RETRY_AFTER, retry_after.as_secs().max(1).to_string()));
             }
             _ => {}
         }

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::error::ApiResult;
 use super::headers::{self as h, query_value};
-use super::{State, authorized, repository};
+use super::{State, authorized};
 use crate::auth::{Action, Scope};
 use crate::metadata::Page;
 use crate::oci::media_types;
@@ -45,7 +45,7 @@ fn paged(path: &str, page: &Page, n: Option<u32>, body: serde_json::Value) -> Ht
 /// "The tags MUST be in lexical or 'ASCIIbetical' order … When n is zero, this endpoint MUST
 /// return an empty list, and MUST NOT include a Link header."
 pub async fn tags(state: State, req: HttpRequest, path: web::Path<String>) -> ApiResult<HttpResponse> {
-    let name = authorized(&state, &req, &path, &[Action::Pull])?;
+    let name = authorized(&state, &req, &path, &[Action::Pull]).await?;
     let (n, last) = pagination(&req)?;
     let mut page = state.registry.list_tags(&name, last.as_deref(), n).await?;
     if n == Some(0) {
@@ -57,7 +57,7 @@ pub async fn tags(state: State, req: HttpRequest, path: web::Path<String>) -> Ap
 
 /// `GET /v2/_catalog[?n=<int>&last=<name>]`: the repositories, sorted (Docker Registry API).
 pub async fn catalog(state: State, req: HttpRequest) -> ApiResult<HttpResponse> {
-    state.auth.check(&req, Scope::Catalog)?;
+    state.auth.check(&super::caller(&state, &req), Scope::Catalog).await?;
     let (n, last) = pagination(&req)?;
     let mut page = state.registry.list_repositories(last.as_deref(), n).await?;
     if n == Some(0) {
@@ -74,8 +74,7 @@ pub async fn catalog(state: State, req: HttpRequest) -> ApiResult<HttpResponse> 
 /// is requested and applied, the response MUST include a header OCI-Filters-Applied."
 pub async fn referrers(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
     let (name, digest) = path.into_inner();
-    let name = repository(&name)?;
-    state.auth.check(&req, Scope::Repository(&name, &[Action::Pull]))?;
+    let name = authorized(&state, &req, &name, &[Action::Pull]).await?;
     let subject = h::digest(&digest)?;
     let query = h::query_pairs(&req);
     let artifact_type = query_value(&query, "artifactType").filter(|t| !t.is_empty());

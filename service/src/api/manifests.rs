@@ -33,7 +33,7 @@ fn found(manifest: &StoredManifest) -> actix_web::HttpResponseBuilder {
 /// Content-Type header SHOULD match what the client pushed as the manifest's Content-Type."
 pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
     let (name, reference) = parse(path)?;
-    let name = authorized(&state, &req, &name, &[Action::Pull])?;
+    let name = authorized(&state, &req, &name, &[Action::Pull]).await?;
     let manifest = state.registry.manifest(&name, &reference, true).await?;
     let payload = manifest.payload.clone().unwrap_or_default();
     Ok(found(&manifest).body(payload))
@@ -42,7 +42,7 @@ pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String
 /// `HEAD /v2/<name>/manifests/<tag-or-digest>`: the headers of a GET, from metadata alone.
 pub async fn head(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
     let (name, reference) = parse(path)?;
-    let name = authorized(&state, &req, &name, &[Action::Pull])?;
+    let name = authorized(&state, &req, &name, &[Action::Pull]).await?;
     let manifest = state.registry.manifest(&name, &reference, false).await?;
     Ok(found(&manifest).body(HeadBody(manifest.size)))
 }
@@ -60,7 +60,7 @@ pub async fn put(
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     let (name, reference) = parse(path)?;
-    let name = authorized(&state, &req, &name, &[Action::Pull, Action::Push])?;
+    let name = authorized(&state, &req, &name, &[Action::Pull, Action::Push]).await?;
     let extra_tags = h::query_pairs(&req)
         .into_iter()
         .filter(|(k, _)| k == "tag")
@@ -95,7 +95,7 @@ pub async fn put(
 /// by digest, the manifest and every tag pointing to it are removed.
 pub async fn delete(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
     let (name, reference) = parse(path)?;
-    let name = authorized(&state, &req, &name, &[Action::Delete])?;
+    let name = authorized(&state, &req, &name, &[Action::Delete]).await?;
     state.registry.delete_manifest(&name, &reference).await?;
     Ok(HttpResponse::Accepted().finish())
 }

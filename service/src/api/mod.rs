@@ -11,13 +11,14 @@ pub mod headers;
 mod health;
 mod listing;
 mod manifests;
+mod token;
 mod uploads;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{HttpRequest, HttpResponse, Resource, web};
 
-use crate::auth::{Action, Authorizer, Scope};
+use crate::auth::{Action, Authorizer, Caller, Credentials, Scope};
 use crate::oci::RepoName;
 use crate::registry::Registry;
 use error::{ApiError, ApiResult};
@@ -26,6 +27,9 @@ use error::{ApiError, ApiResult};
 pub struct AppState {
     pub registry: Registry,
     pub auth: Authorizer,
+    /// Take the client's address from `X-Forwarded-For`/`Forwarded` (behind a proxy that sets
+    /// them), rather than from the connection.
+    pub trust_forwarded: bool,
 }
 
 type State = web::Data<AppState>;
@@ -65,7 +69,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/{name:.+}/tags/list").route(web::get().to(listing::tags)))
         .service(resource("/{name:.+}/referrers/{digest}").route(web::get().to(listing::referrers)))
         .default_service(web::to(not_found));
-    cfg.configure(health::configure).service(v2);
+    cfg.configure(health::configure).configure(token::configure).service(v2);
 }
 
 /// A route whose unhandled methods get an OCI `UNSUPPORTED` error rather than an empty 405.
@@ -73,9 +77,11 @@ fn resource(path: &str) -> Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
 }
 
-/// `GET /v2/`: tells clients that this is a registry speaking the v2 API (end-1).
-async fn version_check() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body("{}")
+/// `GET /v2/`: tells clients that this is a registry speaking the v2 API (end-1), and, with
+/// authentication on, how to authenticate.
+async fn version_check(state: State, req: HttpRequest) -> ApiResult<HttpResponse> {
+    state.auth.check(&caller(&state, &req), Scope::Base).await?;
+    Ok(HttpResponse::Ok().content_type("application/json").body("{}"))
 }
 
 async fn not_found(req: HttpRequest) -> ApiResult<HttpResponse> {
@@ -91,9 +97,26 @@ fn repository(name: &str) -> ApiResult<RepoName> {
     Ok(name.parse::<RepoName>().map_err(crate::registry::Error::from)?)
 }
 
+/// The request as the authorizer sees it.
+fn caller(state: &AppState, req: &HttpRequest) -> Caller {
+    let credentials = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Credentials::parse);
+    let connection = req.connection_info();
+    let address = if state.trust_forwarded {
+        connection.realip_remote_addr().unwrap_or("unknown").to_owned()
+    } else {
+        req.peer_addr().map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
+    };
+    let origin = format!("{}://{}", connection.scheme(), connection.host());
+    Caller { credentials, address, origin }
+}
+
 /// Parses the repository name and checks that the request may act on it.
-fn authorized(state: &AppState, req: &HttpRequest, name: &str, actions: &[Action]) -> ApiResult<RepoName> {
+async fn authorized(state: &AppState, req: &HttpRequest, name: &str, actions: &[Action]) -> ApiResult<RepoName> {
     let name = repository(name)?;
-    state.auth.check(req, Scope::Repository(&name, actions))?;
+    state.auth.check(&caller(state, req), Scope::Repository(&name, actions)).await?;
     Ok(name)
 }

@@ -27,13 +27,13 @@ fn accepted(name: &RepoName, state: &UploadState, status: actix_web::http::Statu
 }
 
 /// The repository and upload id of an upload URL, once the request may push there.
-fn upload_target(
+async fn upload_target(
     state: &AppState,
     req: &HttpRequest,
     path: web::Path<(String, String)>,
 ) -> ApiResult<(RepoName, String)> {
     let (name, id) = path.into_inner();
-    Ok((authorized(state, req, &name, &[Action::Pull, Action::Push])?, id))
+    Ok((authorized(state, req, &name, &[Action::Pull, Action::Push]).await?, id))
 }
 
 fn created(name: &RepoName, digest: &Digest) -> HttpResponse {
@@ -55,13 +55,13 @@ pub async fn start(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let name = authorized(&state, &req, &path, &[Action::Pull, Action::Push])?;
+    let name = authorized(&state, &req, &path, &[Action::Pull, Action::Push]).await?;
     let query = h::query_pairs(&req);
     let registry = &state.registry;
     if let Some(mount) = query_value(&query, "mount") {
         let digest = h::digest(mount)?;
         if let Some(from) = query_value(&query, "from") {
-            let from = authorized(&state, &req, from, &[Action::Pull])?;
+            let from = authorized(&state, &req, from, &[Action::Pull]).await?;
             if registry.mount_blob(&name, &digest, &from).await?.is_some() {
                 return Ok(created(&name, &digest));
             }
@@ -92,7 +92,7 @@ pub async fn patch(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let (name, id) = upload_target(&state, &req, path)?;
+    let (name, id) = upload_target(&state, &req, path).await?;
     let upload = state.registry.write_chunk(&name, &id, chunk(&req, payload)?).await?;
     Ok(accepted(&name, &upload, actix_web::http::StatusCode::ACCEPTED))
 }
@@ -107,7 +107,7 @@ pub async fn put(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let (name, id) = upload_target(&state, &req, path)?;
+    let (name, id) = upload_target(&state, &req, path).await?;
     let query = h::query_pairs(&req);
     let digest = query_value(&query, "digest")
         .ok_or_else(|| Error::DigestInvalid("the closing PUT needs ?digest=<digest of the whole blob>".into()))?;
@@ -122,7 +122,7 @@ pub async fn put(
 /// "The response to an active upload <blob-push-location> MUST be a 204 No Content response
 /// code, and MUST have the following headers: Location, Range."
 pub async fn status(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
-    let (name, id) = upload_target(&state, &req, path)?;
+    let (name, id) = upload_target(&state, &req, path).await?;
     let upload = state.registry.upload_state(&name, &id).await?;
     Ok(accepted(&name, &upload, actix_web::http::StatusCode::NO_CONTENT))
 }
@@ -132,7 +132,7 @@ pub async fn status(state: State, req: HttpRequest, path: web::Path<(String, Str
 /// "During a blob upload, the session may be canceled with a DELETE request … If successful,
 /// the response SHOULD be a 204 No Content response code."
 pub async fn cancel(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
-    let (name, id) = upload_target(&state, &req, path)?;
+    let (name, id) = upload_target(&state, &req, path).await?;
     state.registry.cancel_upload(&name, &id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

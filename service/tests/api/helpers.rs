@@ -46,6 +46,7 @@ pub async fn start(settings: Settings, dir: tempfile::TempDir) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
     }
+    berth::install_crypto_provider();
     let (running, server) = berth::server::start(&settings).await.expect("server starts");
     tokio::spawn(server);
     let client = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");

@@ -10,6 +10,7 @@ mod redissupport;
 #[path = "../support/s3.rs"]
 mod s3support;
 
+mod auth;
 mod blobs;
 mod errors;
 mod helpers;
