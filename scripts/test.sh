@@ -92,6 +92,9 @@ cargo nextest run --workspace --no-fail-fast
 echo "--- real clients, embedded default (filesystem, SQLite) ---"
 bash service/tests/e2e/clients.sh target/debug/berth
 
+echo "--- real clients with authentication: Basic and token modes ---"
+bash service/tests/e2e/auth.sh target/debug/berth
+
 s3_settings() { # BUCKET: the settings of a Berth on the test S3 server
     echo BERTH_STORAGE=s3 BERTH_S3_BUCKET="$1" BERTH_S3_ENDPOINT="$TEST_S3_ENDPOINT" BERTH_S3_FORCE_PATH_STYLE=true \
         BERTH_S3_ACCESS_KEY_ID=test BERTH_S3_SECRET_ACCESS_KEY=test BERTH_S3_PART_SIZE=5242880

@@ -100,7 +100,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, Code::Unsupported),
             ApiError::Auth(denial) => match denial {
                 Denial::Unauthenticated { .. } => (S::UNAUTHORIZED, Code::Unauthorized),
-                Denial::Forbidden(_) => (S::FORBIDDEN, Code::Denied),
+                Denial::Forbidden(_) | Denial::InsufficientScope { .. } => (S::FORBIDDEN, Code::Denied),
                 Denial::TooManyAttempts { .. } => (S::TOO_MANY_REQUESTS, Code::TooManyRequests),
                 Denial::BadRequest(_) => (S::BAD_REQUEST, Code::Unsupported),
             },
@@ -144,7 +144,7 @@ impl ResponseError for ApiError {
             ApiError::Registry(Error::Unavailable(_)) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS)));
             }
-            ApiError::Auth(Denial::Unauthenticated { challenge, .. }) => {
+            ApiError::Auth(Denial::Unauthenticated { challenge, .. } | Denial::InsufficientScope { challenge, .. }) => {
                 response.insert_header((header::WWW_AUTHENTICATE, challenge.as_str()));
             }
             ApiError::Auth(Denial::TooManyAttempts { retry_after }) => {

@@ -131,6 +131,10 @@ pub enum Denial {
     /// Authenticated, but not allowed: 403.
     #[error("{0}")]
     Forbidden(String),
+    /// A valid token that does not grant the access asked for: 403, with a challenge naming
+    /// the scope needed (RFC 6750, section 3.1), so that a client can ask for a token with it.
+    #[error("{message}")]
+    InsufficientScope { challenge: String, message: String },
     /// Too many failed logins: 429.
     #[error("too many failed logins; try again in {} seconds", .retry_after.as_secs())]
     TooManyAttempts { retry_after: Duration },
@@ -259,12 +263,10 @@ impl Authorizer {
             self.unauthenticated(caller, &scope, Some("invalid_token"), "invalid or expired token")
         })?;
         if !covers(&claims, &scope) {
-            return Err(self.unauthenticated(
-                caller,
-                &scope,
-                Some("insufficient_scope"),
-                "the token does not grant this access",
-            ));
+            return Err(Denial::InsufficientScope {
+                challenge: self.challenge(caller, &scope, Some("insufficient_scope")),
+                message: "the token does not grant this access".into(),
+            });
         }
         Ok(if claims.sub.is_empty() { Identity::Anonymous } else { Identity::User(claims.sub) })
     }

@@ -395,10 +395,18 @@ async fn forged_and_misused_tokens_are_refused() {
         let r = status(&app, method.clone(), path, authorization.as_deref()).await;
         let code = r.status();
         let challenge = header(&r, "www-authenticate").unwrap_or("").to_owned();
-        table.push(format!("{attack}: {} {}", code.as_u16(), challenge.split("error=").nth(1).unwrap_or("")));
-        assert_eq!(code, StatusCode::UNAUTHORIZED, "{attack}");
+        let error = challenge.split("error=").nth(1).unwrap_or("").trim_matches('"').to_owned();
+        let body: Value = r.json().await.unwrap();
+        table.push(format!("{attack}: {} {} {error}", code.as_u16(), body["errors"][0]["code"].as_str().unwrap()));
         assert!(challenge.starts_with("Bearer realm="), "{attack}: {challenge}");
+        // RFC 6750: a missing or bad token is 401; a good token without the scope is 403.
+        match error.as_str() {
+            "insufficient_scope" => assert_eq!(code, StatusCode::FORBIDDEN, "{attack}"),
+            _ => assert_eq!(code, StatusCode::UNAUTHORIZED, "{attack}"),
+        }
     }
+    let scope_refusals = table.iter().filter(|t| t.contains("insufficient_scope")).count();
+    assert_eq!(scope_refusals, 5, "{table:?}");
     // Wrong passwords and unknown users at the token endpoint.
     for (user, password) in [("alice", "wrong"), ("nobody", "alice-password")] {
         let r = app
@@ -468,4 +476,48 @@ async fn a_token_from_one_replica_works_on_another_and_an_external_issuer_is_tru
         status(&b, Method::GET, "/v2/team/app/manifests/v1", Some(&bearer(&posing))).await.status(),
         StatusCode::UNAUTHORIZED
     );
+}
+
+#[tokio::test]
+async fn replicas_sharing_redis_share_tokens_and_failed_login_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("shared-key.pem");
+    std::fs::write(&key, berth::auth::token::generate_key_pem().unwrap()).unwrap();
+    let prefix = crate::redissupport::fresh_prefix();
+    let configure = |s: &mut Settings| {
+        secure(s, dir.path(), AuthMode::Token);
+        s.token_key = Some(key.display().to_string());
+        s.redis_url = Some(berth::config::Secret::new(crate::redissupport::url()));
+        s.redis_prefix = prefix.clone();
+    };
+    let (a, b) = (spawn_with(configure).await, spawn_with(configure).await);
+    let from_a = token(&a, Some(("alice", "alice-password")), &["repository:team/app:pull,push"]).await;
+    let image = fixture(&b, &bearer(&from_a)).await;
+    let r = b
+        .request(Method::GET, "/v2/team/app/manifests/v1")
+        .header("Authorization", bearer(&from_a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), image.bytes);
+    // Guesses spread over both replicas add up.
+    for i in 0..5 {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        let r = replica
+            .request(Method::GET, "/token?service=registry.test")
+            .header("Authorization", basic("bob", "guess"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    for replica in [&a, &b] {
+        let r = replica
+            .request(Method::GET, "/token?service=registry.test")
+            .header("Authorization", basic("bob", "bob-password"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
 }
