@@ -173,6 +173,9 @@ pub struct Settings {
     pub shutdown_timeout: u64,
     /// HTTP worker threads; one per CPU when unset (`BERTH_WORKERS`).
     pub workers: Option<usize>,
+    /// Separate address for `/metrics`; on the API address when unset
+    /// (`BERTH_METRICS_LISTEN`).
+    pub metrics_listen: Option<String>,
     /// Log filter, `tracing` directive syntax such as `info,berth=debug` (`BERTH_LOG`).
     pub log: String,
     /// `text` or `json` (`BERTH_LOG_FORMAT`).
@@ -226,6 +229,7 @@ impl Default for Settings {
             body_idle_timeout: policy.body_idle_timeout.as_secs(),
             shutdown_timeout: 30,
             workers: None,
+            metrics_listen: None,
             // A TLS handshake sent to the plain-HTTP port (skopeo and podman try HTTPS first)
             // is logged by actix as an error; it is the client's business, not the operator's.
             log: "info,actix_http::h1::dispatcher=off".into(),

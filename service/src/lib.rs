@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod metadata;
+pub mod metrics;
 pub mod oci;
 pub mod registry;
 pub mod server;

@@ -101,18 +101,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let settings = args.settings()?;
-            berth::telemetry::init(&settings);
-            actix_web::rt::System::new().block_on(berth::server::serve(settings))
+            actix_web::rt::System::new().block_on(async {
+                // The trace exporter's gRPC channel lives on this runtime.
+                let telemetry = berth::telemetry::init(&settings);
+                let served = berth::server::serve(settings).await;
+                telemetry.shutdown().await;
+                served
+            })
         }
         Command::Migrate(args) => {
             let settings =
                 Settings::load(args.config.as_deref(), &Overrides::default()).context("invalid configuration")?;
-            berth::telemetry::init(&settings);
             actix_web::rt::System::new().block_on(async {
-                std::fs::create_dir_all(&settings.data_dir)?;
-                SqlMetadata::connect(&settings.database_url(), true).await?;
-                println!("migrations applied");
-                Ok(())
+                let telemetry = berth::telemetry::init(&settings);
+                let migrated = async {
+                    std::fs::create_dir_all(&settings.data_dir)?;
+                    SqlMetadata::connect(&settings.database_url(), true).await?;
+                    println!("migrations applied");
+                    anyhow::Ok(())
+                }
+                .await;
+                telemetry.shutdown().await;
+                migrated
             })
         }
         Command::User(UserCommand::Add { name, config }) => {
@@ -126,12 +136,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Gc(args) => {
             let settings = args.settings()?;
-            berth::telemetry::init(&settings);
             actix_web::rt::System::new().block_on(async {
-                let registry = berth::server::build_registry(&settings).await?;
-                let discarded = registry.sweep_uploads().await;
-                println!("discarded {discarded} abandoned upload(s)");
-                Ok(())
+                let telemetry = berth::telemetry::init(&settings);
+                let swept = async {
+                    let registry = berth::server::build_registry(&settings).await?;
+                    let discarded = registry.sweep_uploads().await;
+                    println!("discarded {discarded} abandoned upload(s)");
+                    anyhow::Ok(())
+                }
+                .await;
+                telemetry.shutdown().await;
+                swept
             })
         }
         Command::CheckConfig(args) => {

@@ -2,9 +2,9 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle, Service};
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
@@ -15,6 +15,7 @@ use crate::auth::rules::AccessRules;
 use crate::auth::token::{self, Tokens, TrustedIssuer};
 use crate::auth::{Authorizer, Mode};
 use crate::config::{AuthMode, Settings, StorageKind};
+use crate::metadata::MetadataStore;
 use crate::metadata::sql::SqlMetadata;
 use crate::registry::Registry;
 use crate::sessions::SessionStore;
@@ -51,6 +52,8 @@ pub async fn build_registry(settings: &Settings) -> anyhow::Result<Registry> {
         .await
         .with_context(|| format!("cannot open metadata database {}", settings.masked().database_url()))?;
     let policy = settings.policy();
+    let blobs: Arc<dyn BlobStore> = Arc::new(crate::storage::instrumented::Instrumented(blobs));
+    let metadata: Arc<dyn MetadataStore> = Arc::new(crate::metadata::instrumented::Instrumented(Arc::new(metadata)));
     let sessions: Arc<dyn SessionStore> = match &settings.redis_url {
         Some(url) => Arc::new(
             RedisSessions::connect(url.expose(), &settings.redis_prefix, policy.upload_idle_timeout)
@@ -58,7 +61,8 @@ pub async fn build_registry(settings: &Settings) -> anyhow::Result<Registry> {
         ),
         None => Arc::new(MemorySessions::new(policy.upload_idle_timeout)),
     };
-    Ok(Registry::new(blobs, Arc::new(metadata), sessions, policy))
+    let sessions: Arc<dyn SessionStore> = Arc::new(crate::sessions::instrumented::Instrumented(sessions));
+    Ok(Registry::new(blobs, metadata, sessions, policy))
 }
 
 /// Builds the authorizer the settings ask for.
@@ -122,6 +126,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub handle: ServerHandle,
     pub registry: Registry,
+    /// The `/metrics` server, when it listens on an address of its own.
+    pub metrics: Option<ServerHandle>,
 }
 
 /// Binds `settings.listen` (port 0 picks a free port) and starts serving.
@@ -137,29 +143,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Running, Server)> {
     }
     let state =
         web::Data::new(AppState { registry: registry.clone(), auth, trust_forwarded: settings.trust_forwarded });
+    let metrics_on_api = settings.metrics_listen.is_none();
     let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .wrap_fn(|req, service| {
-                let started = Instant::now();
-                let (method, path, query) =
-                    (req.method().clone(), req.path().to_owned(), req.query_string().to_owned());
-                let response = service.call(req);
-                async move {
-                    let response = response.await?;
-                    tracing::info!(
-                        target: "berth::access",
-                        method = %method,
-                        path = %path,
-                        query = %query,
-                        status = response.status().as_u16(),
-                        micros = started.elapsed().as_micros() as u64,
-                        "request"
-                    );
-                    Ok(response)
-                }
-            })
-            .configure(api::configure)
+        let app = App::new().app_data(state.clone()).wrap_fn(api::observe::request).configure(api::configure);
+        if metrics_on_api { app.route("/metrics", web::get().to(api::observe::metrics)) } else { app }
     })
     .listen(listener)?
     .shutdown_timeout(settings.shutdown_timeout);
@@ -168,7 +155,22 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Running, Server)> {
     }
     let server = server.disable_signals().run();
     let handle = server.handle();
-    Ok((Running { addr, handle, registry }, server))
+    let metrics = match &settings.metrics_listen {
+        Some(address) => {
+            let listener = TcpListener::bind(address)
+                .with_context(|| format!("cannot listen on {address} (BERTH_METRICS_LISTEN)"))?;
+            let metrics = HttpServer::new(|| App::new().route("/metrics", web::get().to(api::observe::metrics)))
+                .listen(listener)?
+                .workers(1)
+                .disable_signals()
+                .run();
+            let metrics_handle = metrics.handle();
+            tokio::spawn(metrics);
+            Some(metrics_handle)
+        }
+        None => None,
+    };
+    Ok((Running { addr, handle, registry, metrics }, server))
 }
 
 /// Serves until SIGTERM or SIGINT, then lets requests in flight finish.
@@ -180,6 +182,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!(grace_seconds = settings.shutdown_timeout, "shutting down: finishing requests in flight");
     running.handle.stop(true).await;
+    if let Some(metrics) = &running.metrics {
+        metrics.stop(true).await;
+    }
     janitor.abort();
     server.await.context("server task failed")?.context("server failed")?;
     Ok(())

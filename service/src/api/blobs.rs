@@ -33,6 +33,7 @@ pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String
     let read = state.registry.read_blob(&name, &digest, h::range(req.headers())).await?;
     let (range, body) = match read.content {
         BlobContent::Redirect(url) => {
+            crate::metrics::Metrics::get().bytes_redirected.inc_by(read.size);
             return Ok(HttpResponse::TemporaryRedirect()
                 .insert_header((header::LOCATION, url))
                 .insert_header((h::DOCKER_CONTENT_DIGEST, digest.as_str()))
@@ -50,6 +51,7 @@ pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String
     };
     blob_headers(&mut response, &digest);
     let length = range.map_or(read.size, |r| r.len());
+    crate::metrics::Metrics::get().bytes_served.inc_by(length);
     Ok(response.body(SizedStream::new(length, body)))
 }
 

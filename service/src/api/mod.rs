@@ -11,6 +11,7 @@ pub mod headers;
 mod health;
 mod listing;
 mod manifests;
+pub mod observe;
 mod token;
 mod uploads;
 

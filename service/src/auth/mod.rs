@@ -232,11 +232,32 @@ impl Authorizer {
 
     /// Whether `caller` may act on `scope`; who they are if so.
     pub async fn check(&self, caller: &Caller, scope: Scope<'_>) -> Result<Identity, Denial> {
-        match self.mode {
-            Mode::None => Ok(Identity::Anonymous),
+        let outcome = match self.mode {
+            Mode::None => return Ok(Identity::Anonymous),
             Mode::Basic => self.check_basic(caller, scope).await,
             Mode::Token => self.check_token(caller, scope),
-        }
+        };
+        self.count(match &outcome {
+            Ok(Identity::Anonymous) => "allowed_anonymous",
+            Ok(Identity::User(_)) => "allowed",
+            Err(Denial::Unauthenticated { challenge, .. }) if challenge.contains("invalid_token") => "invalid_token",
+            Err(Denial::Unauthenticated { .. }) => "unauthenticated",
+            Err(Denial::InsufficientScope { .. }) => "insufficient_scope",
+            Err(Denial::Forbidden(_)) => "forbidden",
+            Err(Denial::TooManyAttempts { .. }) => "rate_limited",
+            Err(Denial::BadRequest(_)) => "bad_request",
+        });
+        outcome
+    }
+
+    /// Counts an outcome in the `berth_auth_total` metric.
+    fn count(&self, outcome: &str) {
+        let mode = match self.mode {
+            Mode::None => "none",
+            Mode::Basic => "basic",
+            Mode::Token => "token",
+        };
+        crate::metrics::Metrics::get().auth.with_label_values(&[mode, outcome]).inc();
     }
 
     async fn check_basic(&self, caller: &Caller, scope: Scope<'_>) -> Result<Identity, Denial> {
@@ -286,6 +307,7 @@ impl Authorizer {
     pub async fn login(&self, user: &str, password: &str, address: &str) -> Result<Identity, Denial> {
         let keys = [format!("user:{user}"), format!("addr:{address}")];
         if let Some(retry_after) = self.limiter.blocked(&keys).await {
+            self.count("login_rate_limited");
             return Err(Denial::TooManyAttempts { retry_after });
         }
         let Some(users) = &self.users else {
@@ -295,9 +317,11 @@ impl Authorizer {
             });
         };
         if users.verify(user, password).await {
+            self.count("login_succeeded");
             self.limiter.succeeded(&keys[0]).await;
             Ok(Identity::User(user.to_owned()))
         } else {
+            self.count("login_failed");
             self.limiter.failed(&keys).await;
             tracing::info!(user, address, "failed login");
             Err(Denial::Unauthenticated {

@@ -3,6 +3,7 @@
 //! Implementation: [`sql::SqlMetadata`] on SQLite (the embedded default). Every
 //! implementation passes the contract suite in `tests/metadata_contract.rs`.
 
+pub mod instrumented;
 pub mod sql;
 
 use async_trait::async_trait;

@@ -33,6 +33,7 @@ impl Registry {
             }
         }
         if discarded > 0 {
+            crate::metrics::Metrics::get().uploads_swept.inc_by(discarded as u64);
             tracing::info!(discarded, "janitor discarded abandoned uploads");
         }
         discarded

@@ -13,6 +13,7 @@ use tracing::instrument;
 
 use super::{Body, Error, Registry};
 use crate::metadata::BlobRecord;
+use crate::metrics::{Metrics, Raised};
 use crate::oci::{Algorithm, Digest, Hasher, RepoName};
 use crate::sessions::{LockToken, SessionStore, UploadSession};
 use crate::storage::UploadWriter;
@@ -108,6 +109,7 @@ impl Registry {
     #[instrument(skip(self, chunk), fields(repository = %repository))]
     pub async fn write_chunk(&self, repository: &RepoName, id: &str, chunk: Chunk) -> Result<UploadState, Error> {
         let (mut session, lock) = self.lock_session(repository, id).await?;
+        let _receiving = Raised::new(&Metrics::get().uploads_in_progress);
         let written = async {
             let mut hasher = restore_hasher(&session)?;
             let (writer, received) = self.receive(&session, &lock, chunk, None, &mut hasher).await?;
@@ -135,6 +137,7 @@ impl Registry {
         chunk: Option<Chunk>,
     ) -> Result<u64, Error> {
         let (session, lock) = self.lock_session(repository, id).await?;
+        let _receiving = Raised::new(&Metrics::get().uploads_in_progress);
         let finished = self.finish_locked(repository, session, &lock, digest, chunk).await;
         lock.release().await;
         finished

@@ -4,6 +4,7 @@
 //! Implementations: [`memory::MemorySessions`] (the embedded default; one replica only).
 //! Every implementation passes the contract suite in `tests/sessions_contract.rs`.
 
+pub mod instrumented;
 pub mod memory;
 pub mod redis;
 

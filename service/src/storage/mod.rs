@@ -8,6 +8,7 @@
 //! *whether* a blob may be read or committed; the store only moves bytes.
 
 pub mod filesystem;
+pub mod instrumented;
 pub mod s3;
 
 use std::pin::Pin;

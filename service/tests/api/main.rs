@@ -16,6 +16,7 @@ mod errors;
 mod helpers;
 mod listing;
 mod manifests;
+mod observability;
 mod s3;
 mod shared;
 mod uploads;

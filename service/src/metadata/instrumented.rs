@@ -1,0 +1,107 @@
+//! A `MetadataStore` that times every operation into the metrics and wraps it in a trace
+//! span, around whichever store it is given.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{BlobRecord, MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer, StoredManifest};
+use crate::metrics::{self, Metrics};
+use crate::oci::{Digest, Reference, RepoName, Tag};
+
+pub struct Instrumented(pub Arc<dyn MetadataStore>);
+
+async fn timed<T>(
+    backend: &'static str,
+    operation: &'static str,
+    work: impl Future<Output = Result<T, MetadataError>>,
+) -> Result<T, MetadataError> {
+    let m = Metrics::get();
+    let span =
+        tracing::info_span!("metadata", otel.name = %format_args!("db.{operation}"), db.system = backend, operation);
+    metrics::timed(span, (&m.metadata_seconds, &m.metadata_errors), backend, operation, work).await
+}
+
+#[async_trait]
+impl MetadataStore for Instrumented {
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+
+    async fn link_blob(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+        blob: &BlobRecord,
+    ) -> Result<BlobRecord, MetadataError> {
+        timed(self.kind(), "link_blob", self.0.link_blob(repository, digest, blob)).await
+    }
+
+    async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError> {
+        timed(self.kind(), "blob", self.0.blob(digest)).await
+    }
+
+    async fn blob_in_repository(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<BlobRecord>, MetadataError> {
+        timed(self.kind(), "blob_in_repository", self.0.blob_in_repository(repository, digest)).await
+    }
+
+    async fn mount_blob(&self, from: &RepoName, to: &RepoName, digest: &Digest) -> Result<Option<u64>, MetadataError> {
+        timed(self.kind(), "mount_blob", self.0.mount_blob(from, to, digest)).await
+    }
+
+    async fn unlink_blob(&self, repository: &RepoName, digest: &Digest) -> Result<bool, MetadataError> {
+        timed(self.kind(), "unlink_blob", self.0.unlink_blob(repository, digest)).await
+    }
+
+    async fn put_manifest(&self, manifest: &NewManifest, tags: &[Tag]) -> Result<PutManifest, MetadataError> {
+        timed(self.kind(), "put_manifest", self.0.put_manifest(manifest, tags)).await
+    }
+
+    async fn get_manifest(
+        &self,
+        repository: &RepoName,
+        reference: &Reference,
+        with_payload: bool,
+    ) -> Result<Option<StoredManifest>, MetadataError> {
+        timed(self.kind(), "get_manifest", self.0.get_manifest(repository, reference, with_payload)).await
+    }
+
+    async fn delete_manifest(&self, repository: &RepoName, digest: &Digest) -> Result<bool, MetadataError> {
+        timed(self.kind(), "delete_manifest", self.0.delete_manifest(repository, digest)).await
+    }
+
+    async fn delete_tag(&self, repository: &RepoName, tag: &Tag) -> Result<bool, MetadataError> {
+        timed(self.kind(), "delete_tag", self.0.delete_tag(repository, tag)).await
+    }
+
+    async fn list_tags(
+        &self,
+        repository: &RepoName,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Option<Page>, MetadataError> {
+        timed(self.kind(), "list_tags", self.0.list_tags(repository, last, limit)).await
+    }
+
+    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Page, MetadataError> {
+        timed(self.kind(), "list_repositories", self.0.list_repositories(last, limit)).await
+    }
+
+    async fn referrers(
+        &self,
+        repository: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>, MetadataError> {
+        timed(self.kind(), "referrers", self.0.referrers(repository, subject, artifact_type)).await
+    }
+
+    async fn ping(&self) -> Result<(), MetadataError> {
+        timed(self.kind(), "ping", self.0.ping()).await
+    }
+}
