@@ -2,6 +2,7 @@
 //! OCI registry. See README.md in this directory.
 
 mod direct;
+mod tracing_overhead;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -72,6 +73,11 @@ struct Args {
     /// Direct requests use UNSIGNED-PAYLOAD (set it as Berth is set).
     #[arg(long)]
     s3_unsigned: bool,
+    /// Measure what trace export costs: start `--berth` with OTLP export off, on, and on with
+    /// 10 % sampling (to a span-counting receiver in this process), compare manifest GET rates
+    /// over `--repeat` alternating rounds, and stop.
+    #[arg(long)]
+    tracing_overhead: bool,
 }
 
 /// A Berth started by the load test.
@@ -355,9 +361,25 @@ fn report(what: &str, mib: usize, times: &[Duration]) {
     println!("{what:<28} {median:>8.1} MB/s median of {} (range {low:.1} to {high:.1})", rates.len());
 }
 
+/// Waits (up to ten seconds) until the registry answers `/v2/`.
+async fn wait_ready(client: &Client, base: &str) {
+    for _ in 0..100 {
+        if client.get(format!("{base}/v2/")).send().await.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    // reqwest is built without a default TLS provider (the workspace picks ring once, for all).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if args.tracing_overhead {
+        let binary = args.berth.as_ref().context("--tracing-overhead needs --berth BINARY")?;
+        return tracing_overhead::run(binary, &args.env, args.connections, args.seconds, args.repeat).await;
+    }
     let (server, base) = match (&args.registry, &args.berth) {
         (Some(r), _) => (None, r.trim_end_matches('/').to_owned()),
         (None, Some(binary)) => {
@@ -367,12 +389,7 @@ async fn main() -> Result<()> {
         (None, None) => bail!("give --registry URL or --berth BINARY"),
     };
     let client = Client::builder().build()?;
-    for _ in 0..100 {
-        if client.get(format!("{base}/v2/")).send().await.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&client, &base).await;
     let runs = |name: &str| args.only.iter().any(|o| o == name);
     let report_rss = |what: &str| {
         if let Some(rss) = server.as_ref().and_then(Server::peak_rss_mib) {
