@@ -3,6 +3,7 @@
 use actix_web::body::SizedStream;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
+use futures_util::TryStreamExt as _;
 
 use super::body::HeadBody;
 use super::error::ApiResult;
@@ -51,7 +52,9 @@ pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String
     };
     blob_headers(&mut response, &digest);
     let length = range.map_or(read.size, |r| r.len());
-    crate::metrics::Metrics::get().bytes_served.inc_by(length);
+    // Counted as the bytes leave the store for the client, so an abandoned pull counts what it took.
+    let served = &crate::metrics::Metrics::get().bytes_served;
+    let body = body.inspect_ok(move |chunk| served.inc_by(chunk.len() as u64));
     Ok(response.body(SizedStream::new(length, body)))
 }
 
