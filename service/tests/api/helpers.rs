@@ -108,6 +108,27 @@ impl TestApp {
         digest
     }
 
+    /// A PATCH whose body is sent in `pieces` with chunked transfer encoding (no Content-Length).
+    pub async fn patch_streamed(&self, location: &str, range: Option<&str>, pieces: Vec<Vec<u8>>) -> Response {
+        let pieces: Vec<Result<bytes::Bytes, std::io::Error>> =
+            pieces.into_iter().map(|p| Ok(bytes::Bytes::from(p))).collect();
+        let mut request = self.request(Method::PATCH, location).header("Content-Type", "application/octet-stream");
+        if let Some(range) = range {
+            request = request.header("Content-Range", range);
+        }
+        request.body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces))).send().await.expect("PATCH")
+    }
+
+    /// POST, one streamed PATCH (pieces of `piece` bytes), PUT: the Docker way. Returns the
+    /// PUT's response.
+    pub async fn push_streamed(&self, repo: &str, blob: &[u8], piece: usize) -> Response {
+        let location = self.start_upload(repo).await;
+        let r = self.patch_streamed(&location, None, blob.chunks(piece).map(<[u8]>::to_vec).collect()).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let location = crate::helpers::location(&r);
+        self.request(Method::PUT, &format!("{location}?digest={}", sha256(blob))).send().await.expect("PUT")
+    }
+
     /// Pushes a manifest; returns the response.
     pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Response {
         self.request(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))

@@ -10,7 +10,10 @@ use reqwest::{Method, StatusCode};
 use crate::helpers::*;
 
 /// The value of one sample of the exposition, if present.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+/// Label names and values a series must carry.
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
+fn sample(text: &str, name: &str, labels: Labels<'_>) -> Option<f64> {
     text.lines().filter(|l| l.starts_with(name) && !l.starts_with('#')).find_map(|line| {
         let (series, value) = line.rsplit_once(' ')?;
         let series_name = series.split('{').next()?;
@@ -44,42 +47,27 @@ async fn metrics_move_with_a_push_and_a_pull_and_never_name_content() {
         &[("route", "/v2/{name}/manifests/{reference}"), ("method", "PUT"), ("status", "201")],
     );
     assert_eq!(puts, Some(1.0));
-    assert!(
-        sample(
-            &text,
+    let at_least: [(&str, Labels<'_>, f64); 4] = [
+        (
             "berth_http_request_duration_seconds_count",
-            &[("route", "/v2/{name}/blobs/uploads/"), ("method", "POST")]
-        )
-        .unwrap()
-            >= 2.0
-    );
-    assert!(
-        sample(
-            &text,
+            &[("route", "/v2/{name}/blobs/uploads/"), ("method", "POST")],
+            2.0,
+        ),
+        (
             "berth_storage_operation_duration_seconds_count",
-            &[("backend", "filesystem"), ("operation", "commit_upload")]
-        )
-        .unwrap()
-            >= 2.0
-    );
-    assert!(
-        sample(
-            &text,
+            &[("backend", "filesystem"), ("operation", "commit_upload")],
+            2.0,
+        ),
+        (
             "berth_metadata_operation_duration_seconds_count",
-            &[("backend", "sqlite"), ("operation", "put_manifest")]
-        )
-        .unwrap()
-            >= 1.0
-    );
-    assert!(
-        sample(
-            &text,
-            "berth_session_operation_duration_seconds_count",
-            &[("backend", "memory"), ("operation", "lock")]
-        )
-        .unwrap()
-            >= 2.0
-    );
+            &[("backend", "sqlite"), ("operation", "put_manifest")],
+            1.0,
+        ),
+        ("berth_session_operation_duration_seconds_count", &[("backend", "memory"), ("operation", "lock")], 2.0),
+    ];
+    for (name, labels, least) in at_least {
+        assert!(sample(&text, name, labels).unwrap() >= least, "{name} {labels:?}: {text}");
+    }
     assert!(sample(&text, "berth_blob_uploaded_bytes_total", &[]).unwrap() >= served);
     assert_eq!(sample(&text, "berth_blob_served_bytes_total", &[]), Some(served));
     assert!(sample(&text, "berth_http_requests_in_flight", &[]).is_some());

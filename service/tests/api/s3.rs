@@ -1,6 +1,5 @@
 //! The registry on S3 (moto over HTTP): the same API, with redirects, and a store that goes away.
 
-use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 
 use crate::helpers::*;
@@ -16,22 +15,6 @@ async fn s3_app(bucket: &str, redirect: bool) -> TestApp {
     .await
 }
 
-/// POST, one streamed PATCH, PUT: the Docker way.
-async fn push_streamed(app: &TestApp, repo: &str, blob: &[u8]) -> reqwest::Response {
-    let location = app.start_upload(repo).await;
-    let pieces: Vec<Result<Bytes, std::io::Error>> =
-        blob.chunks(300_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-    let r = app
-        .request(Method::PATCH, &location)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let location = crate::helpers::location(&r);
-    app.request(Method::PUT, &format!("{location}?digest={}", sha256(blob))).send().await.unwrap()
-}
-
 #[tokio::test]
 async fn uploads_of_every_kind_round_trip_through_s3() {
     let bucket = s3support::fresh_bucket().await;
@@ -44,7 +27,7 @@ async fn uploads_of_every_kind_round_trip_through_s3() {
 
     // Streamed, larger than two parts.
     let big = pattern(2 * PART + 4321);
-    assert_eq!(push_streamed(&app, "s3/app", &big).await.status(), StatusCode::CREATED);
+    assert_eq!(app.push_streamed("s3/app", &big, 300_000).await.status(), StatusCode::CREATED);
     let r = app.get(&format!("/v2/s3/app/blobs/{}", sha256(&big))).await;
     assert_eq!(r.bytes().await.unwrap(), big);
 
@@ -115,7 +98,7 @@ async fn a_deduplicated_push_stores_one_object() {
     let app = s3_app(&bucket, false).await;
     let blob = pattern(2 * PART + 99);
     for repo in ["one", "two"] {
-        assert_eq!(push_streamed(&app, repo, &blob).await.status(), StatusCode::CREATED);
+        assert_eq!(app.push_streamed(repo, &blob, 300_000).await.status(), StatusCode::CREATED);
     }
     let small = pattern(1234);
     for repo in ["one", "two"] {

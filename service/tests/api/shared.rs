@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -48,20 +47,6 @@ fn authority(url: &str) -> String {
     rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
 }
 
-async fn push_streamed(app: &TestApp, repo: &str, blob: &[u8]) -> reqwest::Response {
-    let location = app.start_upload(repo).await;
-    let pieces: Vec<Result<Bytes, std::io::Error>> =
-        blob.chunks(500_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-    let r = app
-        .request(Method::PATCH, &location)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    app.request(Method::PUT, &format!("{}?digest={}", location, sha256(blob))).send().await.unwrap()
-}
-
 #[tokio::test]
 async fn an_upload_moves_between_replicas_chunk_by_chunk() {
     let shared = Shared::new().await;
@@ -100,7 +85,8 @@ async fn the_same_blob_pushed_at_once_through_two_replicas_is_stored_once() {
     let (a, b) = (shared.replica().await, shared.replica().await);
     for round in 0..3 {
         let blob = pattern(s3support::PART + 1000 + round);
-        let (ra, rb) = tokio::join!(push_streamed(&a, "race/a", &blob), push_streamed(&b, "race/b", &blob));
+        let (ra, rb) =
+            tokio::join!(a.push_streamed("race/a", &blob, 500_000), b.push_streamed("race/b", &blob, 500_000));
         assert_eq!((ra.status(), rb.status()), (StatusCode::CREATED, StatusCode::CREATED));
         // Monolithic pushes name the digest up front and race for the same key.
         let small = pattern(2000 + round);
@@ -158,7 +144,7 @@ async fn a_manifest_racing_its_last_blob_is_stored_whole_or_refused() {
         .unwrap();
         let tag = format!("r{round}");
         let delay = Duration::from_millis((round as u64 % 4) * 3);
-        let (blob, put) = tokio::join!(push_streamed(&a, "mbu", &layer), async {
+        let (blob, put) = tokio::join!(a.push_streamed("mbu", &layer, 500_000), async {
             tokio::time::sleep(delay).await;
             b.put_manifest("mbu", &tag, OCI_MANIFEST, &manifest).await
         });
@@ -259,5 +245,5 @@ async fn losing_redis_loses_the_uploads_in_progress_and_nothing_else() {
     assert_eq!(sha256(&r.bytes().await.unwrap()), image.layer_digest);
     // The client starts over, and that works.
     let blob = pattern(s3support::PART + 1);
-    assert_eq!(push_streamed(&app, "lost", &blob).await.status(), StatusCode::CREATED);
+    assert_eq!(app.push_streamed("lost", &blob, 500_000).await.status(), StatusCode::CREATED);
 }

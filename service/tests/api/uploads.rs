@@ -1,7 +1,6 @@
 //! Blob uploads: monolithic, chunked, streamed, mounts, cancels and every way they can go wrong.
 
 use berth::oci::{Algorithm, Digest};
-use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 
 use crate::helpers::*;
@@ -12,16 +11,6 @@ async fn patch(app: &TestApp, location: &str, range: Option<(u64, u64)>, bytes: 
         request = request.header("Content-Range", format!("{start}-{end}"));
     }
     request.body(bytes.to_vec()).send().await.expect("PATCH")
-}
-
-/// A PATCH whose body is sent in `pieces` with chunked transfer encoding (no Content-Length).
-async fn patch_streamed(app: &TestApp, location: &str, range: Option<&str>, pieces: Vec<Vec<u8>>) -> reqwest::Response {
-    let pieces: Vec<Result<Bytes, std::io::Error>> = pieces.into_iter().map(|p| Ok(Bytes::from(p))).collect();
-    let mut request = app.request(Method::PATCH, location).header("Content-Type", "application/octet-stream");
-    if let Some(range) = range {
-        request = request.header("Content-Range", range);
-    }
-    request.body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces))).send().await.expect("PATCH")
 }
 
 async fn put(app: &TestApp, location: &str, digest: &Digest, body: Option<&[u8]>) -> reqwest::Response {
@@ -116,7 +105,7 @@ async fn one_streamed_patch_with_chunked_encoding() {
     let app = spawn_app().await;
     let blob = pattern(3 << 20);
     let location = app.start_upload("a").await;
-    let r = patch_streamed(&app, &location, None, blob.chunks(100_000).map(<[u8]>::to_vec).collect()).await;
+    let r = app.patch_streamed(&location, None, blob.chunks(100_000).map(<[u8]>::to_vec).collect()).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(header(&r, "range").unwrap(), format!("0-{}", blob.len() - 1));
     let r = put(&app, &crate::helpers::location(&r), &sha256(&blob), None).await;
@@ -311,10 +300,10 @@ async fn announced_lengths_must_match_the_body() {
         app.request(Method::PATCH, &location).header("Content-Range", "0-19").body(vec![1u8; 10]).send().await.unwrap();
     assert_error(r, StatusCode::BAD_REQUEST, "SIZE_INVALID").await;
     // A chunked body longer than its Content-Range.
-    let r = patch_streamed(&app, &location, Some("0-9"), vec![vec![1u8; 10], vec![2u8; 10]]).await;
+    let r = app.patch_streamed(&location, Some("0-9"), vec![vec![1u8; 10], vec![2u8; 10]]).await;
     assert_error(r, StatusCode::BAD_REQUEST, "SIZE_INVALID").await;
     // A chunked body shorter than its Content-Range.
-    let r = patch_streamed(&app, &location, Some("0-9"), vec![vec![1u8; 5]]).await;
+    let r = app.patch_streamed(&location, Some("0-9"), vec![vec![1u8; 5]]).await;
     assert_error(r, StatusCode::BAD_REQUEST, "SIZE_INVALID").await;
     let r = app.request(Method::PATCH, &location).header("Content-Range", "bytes=9-0").body("x").send().await.unwrap();
     assert_error(r, StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID").await;
