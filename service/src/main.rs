@@ -97,32 +97,35 @@ fn read_password(name: &str) -> anyhow::Result<String> {
     Ok(password)
 }
 
+/// Runs `work` on an actix runtime with logging and trace export set up, and exports the
+/// spans still batched before returning: the exporter's gRPC channel lives on that runtime.
+fn with_telemetry<F, Fut>(settings: Settings, work: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    actix_web::rt::System::new().block_on(async {
+        let telemetry = berth::telemetry::init(&settings);
+        let result = work(settings).await;
+        telemetry.shutdown().await;
+        result
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let settings = args.settings()?;
-            actix_web::rt::System::new().block_on(async {
-                // The trace exporter's gRPC channel lives on this runtime.
-                let telemetry = berth::telemetry::init(&settings);
-                let served = berth::server::serve(settings).await;
-                telemetry.shutdown().await;
-                served
-            })
+            with_telemetry(settings, berth::server::serve)
         }
         Command::Migrate(args) => {
             let settings =
                 Settings::load(args.config.as_deref(), &Overrides::default()).context("invalid configuration")?;
-            actix_web::rt::System::new().block_on(async {
-                let telemetry = berth::telemetry::init(&settings);
-                let migrated = async {
-                    std::fs::create_dir_all(&settings.data_dir)?;
-                    SqlMetadata::connect(&settings.database_url(), true).await?;
-                    println!("migrations applied");
-                    anyhow::Ok(())
-                }
-                .await;
-                telemetry.shutdown().await;
-                migrated
+            with_telemetry(settings, |settings| async move {
+                std::fs::create_dir_all(&settings.data_dir)?;
+                SqlMetadata::connect(&settings.database_url(), true).await?;
+                println!("migrations applied");
+                Ok(())
             })
         }
         Command::User(UserCommand::Add { name, config }) => {
@@ -136,17 +139,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Gc(args) => {
             let settings = args.settings()?;
-            actix_web::rt::System::new().block_on(async {
-                let telemetry = berth::telemetry::init(&settings);
-                let swept = async {
-                    let registry = berth::server::build_registry(&settings).await?;
-                    let discarded = registry.sweep_uploads().await;
-                    println!("discarded {discarded} abandoned upload(s)");
-                    anyhow::Ok(())
-                }
-                .await;
-                telemetry.shutdown().await;
-                swept
+            with_telemetry(settings, |settings| async move {
+                let registry = berth::server::build_registry(&settings).await?;
+                let discarded = registry.sweep_uploads().await;
+                println!("discarded {discarded} abandoned upload(s)");
+                Ok(())
             })
         }
         Command::CheckConfig(args) => {

@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -173,23 +172,11 @@ pub async fn timed<T, E>(
 ) -> Result<T, E> {
     let started = std::time::Instant::now();
     let result = work.instrument(span).await;
-    observe(seconds, errors, backend, operation, started.elapsed(), &result);
-    result
-}
-
-/// Times one backend operation into `seconds`, counting it in `errors` when it fails.
-pub fn observe<T, E>(
-    seconds: &HistogramVec,
-    errors: &IntCounterVec,
-    backend: &str,
-    operation: &str,
-    elapsed: Duration,
-    result: &Result<T, E>,
-) {
-    seconds.with_label_values(&[backend, operation]).observe(elapsed.as_secs_f64());
+    seconds.with_label_values(&[backend, operation]).observe(started.elapsed().as_secs_f64());
     if result.is_err() {
         errors.with_label_values(&[backend, operation]).inc();
     }
+    result
 }
 
 /// Keeps a gauge raised for as long as it lives.

@@ -86,22 +86,12 @@ pub fn init(settings: &Settings) -> Telemetry {
                 Targets::new().with_target("berth", Level::INFO).with_target("berth::access", LevelFilter::OFF),
             )
     });
-    let ansi = std::io::stderr().is_terminal();
-    let registry = tracing_subscriber::registry().with(otel);
-    match settings.log_format {
-        LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_filter(filter))
-            .init(),
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(std::io::stderr)
-                    .with_filter(filter),
-            )
-            .init(),
-    }
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let log = match settings.log_format {
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => log.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry().with(otel).with(log.with_filter(filter)).init();
     if let Some(problem) = problem {
         tracing::error!(error = %problem, "traces will not be exported");
     }

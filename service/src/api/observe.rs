@@ -102,18 +102,19 @@ where
     let _ = span.set_parent(parent);
     let trace = trace_id(&span, req.headers());
     let in_flight = Raised::new(&metrics.requests_in_flight);
-    let announced = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    let (path, query) = (req.path().to_owned(), req.query_string().to_owned());
     let response = service.call(req);
     async move {
         let response = response.instrument(span.clone()).await?;
         drop(in_flight);
-        let route = route(response.request().match_pattern().as_deref());
+        let elapsed = started.elapsed();
+        let request = response.request();
+        let announced = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let route = route(request.match_pattern().as_deref());
         let status = response.status();
         // The OpenTelemetry span exists by now (`trace_id` made it), so it is renamed directly.
         span.context().span().update_name(format!("{method} {route}"));
@@ -121,7 +122,7 @@ where
         span.record("http.response.status_code", i64::from(status.as_u16()));
         let labels = [route.as_str(), method, status.as_str()];
         metrics.requests.with_label_values(&labels).inc();
-        metrics.request_seconds.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+        metrics.request_seconds.with_label_values(&labels).observe(elapsed.as_secs_f64());
         metrics.request_bytes.with_label_values(&[&route]).inc_by(announced);
         if let BodySize::Sized(n) = response.response().body().size() {
             metrics.response_bytes.with_label_values(&[&route]).inc_by(n);
@@ -129,10 +130,10 @@ where
         tracing::info!(
             target: "berth::access",
             method = %method,
-            path = %path,
-            query = %query,
+            path = %request.path(),
+            query = %request.query_string(),
             status = status.as_u16(),
-            micros = started.elapsed().as_micros() as u64,
+            micros = elapsed.as_micros() as u64,
             trace_id = %trace,
             "request"
         );
