@@ -352,11 +352,21 @@ fn mb_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
 }
 
+/// The middle value (the upper one of an even count), leaving `values` sorted.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Throughput of each of `times` moving `mib` MiB, in MB/s.
+fn rates(mib: usize, times: &[Duration]) -> Vec<f64> {
+    times.iter().map(|t| mb_per_s((mib as u64) << 20, *t)).collect()
+}
+
 /// Prints the median throughput of `times` and the range.
 fn report(what: &str, mib: usize, times: &[Duration]) {
-    let mut rates: Vec<f64> = times.iter().map(|t| mb_per_s((mib as u64) << 20, *t)).collect();
-    rates.sort_by(f64::total_cmp);
-    let median = rates[rates.len() / 2];
+    let mut rates = rates(mib, times);
+    let median = median(&mut rates);
     let (low, high) = (rates[0], rates[rates.len() - 1]);
     println!("{what:<28} {median:>8.1} MB/s median of {} (range {low:.1} to {high:.1})", rates.len());
 }
@@ -447,11 +457,7 @@ async fn main() -> Result<()> {
                 direct_pull.push(store.pull(&key, &digest, blob.len()).await?);
             }
         }
-        let median = |times: &[Duration]| {
-            let mut rates: Vec<f64> = times.iter().map(|t| mb_per_s((args.blob_mib as u64) << 20, *t)).collect();
-            rates.sort_by(f64::total_cmp);
-            rates[rates.len() / 2]
-        };
+        let median = |times: &[Duration]| median(&mut rates(args.blob_mib, times));
         report("direct S3 multipart upload", args.blob_mib, &direct_push);
         report("push through Berth (1 PATCH)", args.blob_mib, &berth_push);
         println!("  Berth push / direct upload: {:.0} %", 100.0 * median(&berth_push) / median(&direct_push));

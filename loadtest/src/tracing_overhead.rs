@@ -96,10 +96,7 @@ pub async fn run(binary: &PathBuf, env: &[String], connections: usize, seconds: 
             );
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let median = |mut v: Vec<f64>| crate::median(&mut v);
     let off = median(results[0].iter().map(|r| r.0).collect());
     let off_cpu = median(results[0].iter().map(|r| r.2).collect());
     println!("manifest GET by tag, {connections} connections, {seconds} s per run, medians of {}:", repeat.max(1));
