@@ -241,6 +241,43 @@ async fn an_index_needs_its_manifests_in_the_repository() {
 }
 
 #[tokio::test]
+async fn the_shapes_the_conformance_suite_pushes_are_accepted() {
+    let app = spawn_app().await;
+    // No mediaType in the body (Content-Type names it), no layers, and descriptor fields a
+    // registry must carry through untouched: embedded `data` and a field from a future spec.
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = app.push_blob("a", config).await;
+    let bare = serde_json::to_vec_pretty(&json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest.as_str(), "size": config.len(),
+                   "data": "e30=", "newUnspecifiedField": "aGVsbG8gd29ybGQ="},
+        "layers": [],
+    }))
+    .unwrap();
+    assert_eq!(app.put_manifest("a", "emptylayer", OCI_MANIFEST, &bare).await.status(), StatusCode::CREATED);
+    let r = app.get("/v2/a/manifests/emptylayer").await;
+    assert_eq!(header(&r, "content-type"), Some(OCI_MANIFEST));
+    assert_eq!(r.bytes().await.unwrap(), bare);
+
+    // An index whose only entry is another index.
+    let inner = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "artifactType": "application/vnd.food.stand",
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": sha256(&bare).as_str(), "size": bare.len()}],
+    }))
+    .unwrap();
+    let inner_digest = sha256(&inner);
+    assert_eq!(app.put_manifest("a", inner_digest.as_str(), OCI_INDEX, &inner).await.status(), StatusCode::CREATED);
+    let outer = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_INDEX, "digest": inner_digest.as_str(), "size": inner.len()}],
+    }))
+    .unwrap();
+    let outer_digest = sha256(&outer);
+    assert_eq!(app.put_manifest("a", outer_digest.as_str(), OCI_INDEX, &outer).await.status(), StatusCode::CREATED);
+    assert_eq!(app.get(&format!("/v2/a/manifests/{outer_digest}")).await.bytes().await.unwrap(), outer);
+}
+
+#[tokio::test]
 async fn a_tag_moves_and_the_old_manifest_stays_by_digest() {
     let app = spawn_app().await;
     let first = app.push_image("a", "latest", "one").await;
