@@ -82,6 +82,13 @@ pub async fn build_authorizer(settings: &Settings) -> anyhow::Result<Authorizer>
     };
     let tokens = if mode == Mode::Token {
         let keys = token::load_keys(settings.token_key.as_deref(), &settings.data_dir).context("BERTH_TOKEN_KEY")?;
+        if settings.token_key.is_none() && settings.redis_url.is_some() {
+            // Redis means replicas; a key generated per data directory is a key per replica.
+            tracing::warn!(
+                "token mode without BERTH_TOKEN_KEY signs with a key generated into this replica's data \
+                 directory: other replicas refuse its tokens unless they share that key file"
+            );
+        }
         let trusted = match (&settings.token_trusted_issuer, &settings.token_trusted_keys) {
             (Some(issuer), Some(source)) => Some(TrustedIssuer {
                 issuer: issuer.clone(),
