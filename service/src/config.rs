@@ -117,6 +117,9 @@ pub struct Settings {
     pub redis_url: Option<Secret>,
     /// Prefix of every Redis key Berth writes, to share a Redis (`BERTH_REDIS_PREFIX`).
     pub redis_prefix: String,
+    /// PEM file of the CA certificates to trust for `rediss://`, instead of the system roots
+    /// (`BERTH_REDIS_CA_FILE`).
+    pub redis_ca_file: Option<PathBuf>,
     /// `none`, `basic` or `token` (`BERTH_AUTH`).
     pub auth: AuthMode,
     /// htpasswd file of bcrypt hashes; re-read when it changes (`BERTH_HTPASSWD`).
@@ -207,6 +210,7 @@ impl Default for Settings {
             database_url: None,
             redis_url: None,
             redis_prefix: "berth:".into(),
+            redis_ca_file: None,
             auth: AuthMode::None,
             htpasswd: None,
             access: None,

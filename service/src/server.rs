@@ -56,8 +56,14 @@ pub async fn build_registry(settings: &Settings) -> anyhow::Result<Registry> {
     let metadata: Arc<dyn MetadataStore> = Arc::new(crate::metadata::instrumented::Instrumented(Arc::new(metadata)));
     let sessions: Arc<dyn SessionStore> = match &settings.redis_url {
         Some(url) => Arc::new(
-            RedisSessions::connect(url.expose(), &settings.redis_prefix, policy.upload_idle_timeout)
-                .map_err(anyhow::Error::msg)?,
+            RedisSessions::connect(
+                url.expose(),
+                settings.redis_ca_file.as_deref(),
+                &settings.redis_prefix,
+                policy.upload_idle_timeout,
+            )
+            .map_err(anyhow::Error::msg)
+            .context("BERTH_REDIS_URL")?,
         ),
         None => Arc::new(MemorySessions::new(policy.upload_idle_timeout)),
     };
@@ -104,8 +110,14 @@ pub async fn build_authorizer(settings: &Settings) -> anyhow::Result<Authorizer>
     };
     let window = Duration::from_secs(settings.login_failure_window);
     let limiter = match &settings.redis_url {
-        Some(url) => Limiter::in_redis(settings.login_max_failures, window, url.expose(), &settings.redis_prefix)
-            .map_err(anyhow::Error::msg)?,
+        Some(url) => Limiter::in_redis(
+            settings.login_max_failures,
+            window,
+            url.expose(),
+            settings.redis_ca_file.as_deref(),
+            &settings.redis_prefix,
+        )
+        .map_err(anyhow::Error::msg)?,
         None => Limiter::in_memory(settings.login_max_failures, window),
     };
     Ok(Authorizer::new(mode, users, rules, tokens, limiter, settings.external_url.clone(), settings.service.clone()))

@@ -32,8 +32,14 @@ impl Limiter {
         Limiter { max_failures, window, counts: Counts::Memory(Mutex::new(HashMap::new())) }
     }
 
-    pub fn in_redis(max_failures: u32, window: Duration, url: &str, prefix: &str) -> Result<Limiter, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+    pub fn in_redis(
+        max_failures: u32,
+        window: Duration,
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        prefix: &str,
+    ) -> Result<Limiter, String> {
+        let client = crate::sessions::redis::client(url, ca_file)?;
         let connection = ConnectionManager::new_lazy_with_config(client, redis::aio::ConnectionManagerConfig::new())
             .map_err(|e| format!("cannot set up Redis connection: {e}"))?;
         Ok(Limiter { max_failures, window, counts: Counts::Redis { connection, prefix: format!("{prefix}login:") } })

@@ -9,6 +9,7 @@
 //! Every check-and-change (lock only an existing session, save or renew only with the
 //! current token) is one Lua script, so it is atomic in Redis.
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -68,12 +69,28 @@ fn millis(d: Duration) -> u64 {
     d.as_millis().max(1) as u64
 }
 
+/// A client for `url` (`redis://…` or `rediss://…`); over TLS it trusts the CA certificates
+/// in `ca_file` when one is given, the system roots otherwise.
+pub fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, String> {
+    let Some(path) = ca_file else {
+        return redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"));
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls: None, root_cert: Some(pem) })
+        .map_err(|e| format!("invalid Redis URL or CA file: {e}"))
+}
+
 impl RedisSessions {
-    /// Connects to `url` (`redis://…` or `rediss://…`). The connection is made lazily and
-    /// re-made after any failure, so a Redis that is down at start or goes away later only
-    /// fails the requests made meanwhile.
-    pub fn connect(url: &str, prefix: &str, idle_timeout: Duration) -> Result<RedisSessions, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+    /// Connects to `url` (see [`client`]). The connection is made lazily and re-made after
+    /// any failure, so a Redis that is down at start or goes away later only fails the
+    /// requests made meanwhile.
+    pub fn connect(
+        url: &str,
+        ca_file: Option<&Path>,
+        prefix: &str,
+        idle_timeout: Duration,
+    ) -> Result<RedisSessions, String> {
+        let client = client(url, ca_file)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(5)))

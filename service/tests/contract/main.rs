@@ -26,6 +26,8 @@ mod pgsupport;
 mod redissupport;
 #[path = "../support/s3.rs"]
 mod s3support;
+#[path = "../support/tls.rs"]
+mod tlssupport;
 
 mod blob_store;
 mod metadata_store;

@@ -4,10 +4,12 @@ use std::collections::BTreeMap;
 
 use berth::oci::{Algorithm, Digest, Hasher};
 use berth::storage::BlobStore;
-use berth::storage::s3::S3Store;
+use berth::storage::s3::{S3Connection, S3Store};
 use bytes::Bytes;
+use futures_util::StreamExt;
 
 use crate::s3support::{self, PART};
+use crate::tlssupport::{self, TlsFront};
 
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 253) as u8).collect()
@@ -139,4 +141,34 @@ async fn the_janitor_view_finds_uploads_without_sessions() {
     store.abort_upload("orphan", None).await.unwrap();
     assert_eq!(s3support::multipart_uploads(&bucket).await, 0);
     assert!(s3support::keys(&bucket).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_store_behind_a_private_ca_is_trusted_only_with_that_ca() {
+    let bucket = s3support::fresh_bucket().await;
+    let front = TlsFront::start(tlssupport::socket_of(&s3support::endpoint())).await;
+    let connection = |ca_file: Option<std::path::PathBuf>| S3Connection {
+        endpoint: Some(format!("https://{}", front.addr)),
+        ca_file,
+        ..s3support::connection()
+    };
+    let trusting = S3Store::connect(&connection(Some(front.ca_file.clone())), s3support::options(&bucket))
+        .await
+        .expect("S3 store over TLS");
+    let blob = data(PART + 1000);
+    let known = Digest::compute(Algorithm::Sha256, &blob);
+    let digest = push(&trusting, "over-tls", &[&blob], Some(&known), true).await;
+    let mut read = Vec::new();
+    let mut stream = trusting.get(&digest, None, None).await.unwrap();
+    while let Some(bytes) = stream.next().await {
+        read.extend_from_slice(&bytes.unwrap());
+    }
+    assert_eq!(read, blob);
+    assert!(front.handshakes() > 0, "the store went through TLS");
+
+    let before = front.handshakes();
+    let untrusting = S3Store::connect(&connection(None), s3support::options(&bucket)).await.expect("S3 store");
+    let refused = untrusting.stat(&digest, None).await;
+    assert!(refused.is_err(), "a certificate from an unknown CA is refused: {refused:?}");
+    assert_eq!(front.handshakes(), before);
 }

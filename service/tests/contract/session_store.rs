@@ -7,6 +7,8 @@ use berth::oci::Algorithm;
 use berth::sessions::{LockToken, SessionStore, UploadSession};
 use berth::storage::UploadHandle;
 
+use crate::tlssupport::{self, TlsFront};
+
 /// Idle timeout the factories give their stores.
 pub const IDLE: Duration = Duration::from_millis(600);
 
@@ -124,6 +126,7 @@ session_store_contract!(memory, memory);
 async fn redis() -> (Arc<dyn SessionStore>, ()) {
     let store = berth::sessions::redis::RedisSessions::connect(
         &crate::redissupport::url(),
+        None,
         &crate::redissupport::fresh_prefix(),
         IDLE,
     )
@@ -132,3 +135,30 @@ async fn redis() -> (Arc<dyn SessionStore>, ()) {
 }
 
 session_store_contract!(redis, redis);
+
+/// `rediss://` to a Redis behind a TLS front whose certificate a private CA signed.
+async fn redis_tls(ca: bool) -> (Arc<dyn SessionStore>, TlsFront) {
+    let front = TlsFront::start(tlssupport::socket_of(&crate::redissupport::url())).await;
+    let url = format!("rediss://{}", front.addr);
+    let ca_file = ca.then_some(front.ca_file.as_path());
+    let store =
+        berth::sessions::redis::RedisSessions::connect(&url, ca_file, &crate::redissupport::fresh_prefix(), IDLE)
+            .unwrap();
+    (Arc::new(store), front)
+}
+
+async fn redis_private_ca() -> (Arc<dyn SessionStore>, TlsFront) {
+    redis_tls(true).await
+}
+
+session_store_contract!(redis_private_ca, redis_private_ca);
+
+#[tokio::test]
+async fn redis_over_tls_refuses_a_certificate_it_cannot_trust() {
+    let (untrusting, front) = redis_tls(false).await;
+    assert!(untrusting.ping().await.is_err(), "a certificate from an unknown CA is refused");
+    assert_eq!(front.handshakes(), 0);
+    let (trusting, front) = redis_tls(true).await;
+    trusting.ping().await.unwrap();
+    assert!(front.handshakes() > 0, "the session store went through TLS");
+}
