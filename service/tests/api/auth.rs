@@ -112,6 +112,11 @@ async fn status(app: &TestApp, method: Method, path: &str, authorization: Option
     request.send().await.unwrap()
 }
 
+/// The OAuth2 side of the token endpoint: a POST with the grant in a form.
+async fn oauth_token(app: &TestApp, form: &[(&str, &str)]) -> reqwest::Response {
+    app.request(Method::POST, "/token").form(form).send().await.unwrap()
+}
+
 #[tokio::test]
 async fn basic_mode_asks_checks_and_applies_the_rules() {
     let (app, _dir) = secured(AuthMode::Basic).await;
@@ -151,25 +156,11 @@ async fn basic_mode_asks_checks_and_applies_the_rules() {
     assert_eq!(status(&app, Method::GET, "/v2/public/x/tags/list", None).await.status(), StatusCode::NOT_FOUND);
     assert_eq!(status(&app, Method::GET, "/v2/team/app/tags/list", None).await.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
-        app.request(Method::GET, "/v2/team/app/manifests/v1")
-            .header("Authorization", &alice)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
+        status(&app, Method::GET, "/v2/team/app/manifests/v1", Some(&alice)).await.bytes().await.unwrap(),
         image.bytes
     );
     assert_eq!(
-        app.request(Method::GET, "/v2/team/app/tags/list")
-            .header("Authorization", &alice)
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()["tags"],
+        status(&app, Method::GET, "/v2/team/app/tags/list", Some(&alice)).await.json::<Value>().await.unwrap()["tags"],
         json!(["v1"])
     );
 }
@@ -178,35 +169,24 @@ async fn basic_mode_asks_checks_and_applies_the_rules() {
 async fn failed_logins_are_limited_and_the_limit_ends() {
     let (app, _dir) = secured(AuthMode::Token).await;
     for _ in 0..5 {
-        let r = app
-            .request(Method::GET, "/token?service=registry.test")
-            .header("Authorization", basic("alice", "guess"))
-            .send()
-            .await
-            .unwrap();
+        let r = status(&app, Method::GET, "/token?service=registry.test", Some(&basic("alice", "guess"))).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
     // Even the right password is refused now, from this address.
-    let r = app
-        .request(Method::GET, "/token?service=registry.test")
-        .header("Authorization", basic("alice", "alice-password"))
-        .send()
-        .await
-        .unwrap();
+    let r = status(&app, Method::GET, "/token?service=registry.test", Some(&basic("alice", "alice-password"))).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(header(&r, "retry-after").is_some_and(|s| s.parse::<u64>().unwrap() >= 1));
     assert_error(r, StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS").await;
-    let r = app
-        .request(Method::POST, "/token")
-        .form(&[
+    let r = oauth_token(
+        &app,
+        &[
             ("grant_type", "password"),
             ("username", "alice"),
             ("password", "alice-password"),
             ("service", "registry.test"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     token(&app, Some(("alice", "alice-password")), &[]).await;
@@ -232,9 +212,9 @@ async fn token_mode_challenges_issues_and_accepts() {
     let image = fixture(&app, &bearer(&push)).await;
     assert_eq!(status(&app, Method::GET, "/v2/", Some(&bearer(&push))).await.status(), StatusCode::OK);
     // The OAuth2 password grant, then a refresh.
-    let r = app
-        .request(Method::POST, "/token")
-        .form(&[
+    let r = oauth_token(
+        &app,
+        &[
             ("grant_type", "password"),
             ("username", "bob"),
             ("password", "bob-password"),
@@ -242,32 +222,27 @@ async fn token_mode_challenges_issues_and_accepts() {
             ("client_id", "test"),
             ("access_type", "offline"),
             ("scope", "repository:team/app:pull,push"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["scope"], "repository:team/app:pull", "bob gets only what the rules allow");
     let refresh = body["refresh_token"].as_str().unwrap().to_owned();
-    let pulled = app
-        .request(Method::GET, "/v2/team/app/manifests/v1")
-        .header("Authorization", bearer(body["access_token"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap();
+    let pulled =
+        status(&app, Method::GET, "/v2/team/app/manifests/v1", Some(&bearer(body["access_token"].as_str().unwrap())))
+            .await;
     assert_eq!(pulled.bytes().await.unwrap(), image.bytes);
-    let r = app
-        .request(Method::POST, "/token")
-        .form(&[
+    let r = oauth_token(
+        &app,
+        &[
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh.as_str()),
             ("service", "registry.test"),
             ("scope", "repository:team/app:pull"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     let refreshed: Value = r.json().await.unwrap();
     assert_eq!(refreshed["scope"], "repository:team/app:pull");
@@ -409,30 +384,21 @@ async fn forged_and_misused_tokens_are_refused() {
     assert_eq!(scope_refusals, 5, "{table:?}");
     // Wrong passwords and unknown users at the token endpoint.
     for (user, password) in [("alice", "wrong"), ("nobody", "alice-password")] {
-        let r = app
-            .request(Method::GET, "/token?service=registry.test&scope=repository:team/app:push")
-            .header("Authorization", basic(user, password))
-            .send()
-            .await
-            .unwrap();
+        let r = status(
+            &app,
+            Method::GET,
+            "/token?service=registry.test&scope=repository:team/app:push",
+            Some(&basic(user, password)),
+        )
+        .await;
         table.push(format!("token request as {user} with a bad password: {}", r.status().as_u16()));
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
     println!("attacks and their answers:\n  {}", table.join("\n  "));
     // Nothing changed.
-    let r = app
-        .request(Method::GET, "/v2/team/app/manifests/v1")
-        .header("Authorization", bearer(&alice_push))
-        .send()
-        .await
-        .unwrap();
+    let r = status(&app, Method::GET, "/v2/team/app/manifests/v1", Some(&bearer(&alice_push))).await;
     assert_eq!(r.bytes().await.unwrap(), image.bytes);
-    let r = app
-        .request(Method::GET, "/v2/team/app/tags/list")
-        .header("Authorization", bearer(&alice_push))
-        .send()
-        .await
-        .unwrap();
+    let r = status(&app, Method::GET, "/v2/team/app/tags/list", Some(&bearer(&alice_push))).await;
     assert_eq!(r.json::<Value>().await.unwrap()["tags"], json!(["v1"]));
     drop(dir);
 }
@@ -493,31 +459,16 @@ async fn replicas_sharing_redis_share_tokens_and_failed_login_counts() {
     let (a, b) = (spawn_with(configure).await, spawn_with(configure).await);
     let from_a = token(&a, Some(("alice", "alice-password")), &["repository:team/app:pull,push"]).await;
     let image = fixture(&b, &bearer(&from_a)).await;
-    let r = b
-        .request(Method::GET, "/v2/team/app/manifests/v1")
-        .header("Authorization", bearer(&from_a))
-        .send()
-        .await
-        .unwrap();
+    let r = status(&b, Method::GET, "/v2/team/app/manifests/v1", Some(&bearer(&from_a))).await;
     assert_eq!(r.bytes().await.unwrap(), image.bytes);
     // Guesses spread over both replicas add up.
     for i in 0..5 {
         let replica = if i % 2 == 0 { &a } else { &b };
-        let r = replica
-            .request(Method::GET, "/token?service=registry.test")
-            .header("Authorization", basic("bob", "guess"))
-            .send()
-            .await
-            .unwrap();
+        let r = status(replica, Method::GET, "/token?service=registry.test", Some(&basic("bob", "guess"))).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
     for replica in [&a, &b] {
-        let r = replica
-            .request(Method::GET, "/token?service=registry.test")
-            .header("Authorization", basic("bob", "bob-password"))
-            .send()
-            .await
-            .unwrap();
+        let r = status(replica, Method::GET, "/token?service=registry.test", Some(&basic("bob", "bob-password"))).await;
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     }
 }
