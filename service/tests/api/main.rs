@@ -9,6 +9,8 @@ mod proxy;
 mod redissupport;
 #[path = "../support/s3.rs"]
 mod s3support;
+#[path = "../support/url.rs"]
+mod urlsupport;
 
 mod auth;
 mod blobs;

@@ -105,7 +105,7 @@ async fn health_and_readiness() {
 #[tokio::test]
 async fn a_storage_outage_shows_in_readyz() {
     let bucket = crate::s3support::fresh_bucket().await;
-    let moto: std::net::SocketAddr = crate::s3support::endpoint().trim_start_matches("http://").parse().unwrap();
+    let moto = crate::urlsupport::socket_of(&crate::s3support::endpoint());
     let proxy = crate::proxy::Proxy::start(moto).await;
     let app = spawn_with(|s| {
         crate::s3support::configure(s, &bucket);

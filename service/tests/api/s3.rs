@@ -128,7 +128,7 @@ async fn a_cancelled_upload_leaves_nothing_in_the_bucket() {
 #[tokio::test]
 async fn a_store_that_goes_away_gets_503_and_loses_nothing() {
     let bucket = s3support::fresh_bucket().await;
-    let moto: std::net::SocketAddr = s3support::endpoint().trim_start_matches("http://").parse().unwrap();
+    let moto = crate::urlsupport::socket_of(&s3support::endpoint());
     let proxy = Proxy::start(moto).await;
     let app = spawn_with(|s| {
         s3support::configure(s, &bucket);

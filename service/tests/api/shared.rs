@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 use crate::proxy::Proxy;
+use crate::urlsupport::{authority, socket_of};
 use crate::{pgsupport, redissupport, s3support};
 
 /// Where the shared backends are, for every replica of one test.
@@ -41,12 +42,6 @@ impl Shared {
 }
 
 /// `host:port` of a `scheme://[user@]host:port/…` URL.
-fn authority(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
-}
-
 #[tokio::test]
 async fn an_upload_moves_between_replicas_chunk_by_chunk() {
     let shared = Shared::new().await;
@@ -170,7 +165,7 @@ async fn a_manifest_racing_its_last_blob_is_stored_whole_or_refused() {
 #[tokio::test]
 async fn a_database_that_goes_away_gets_503_and_readyz_says_so() {
     let shared = Shared::new().await;
-    let postgres: std::net::SocketAddr = authority(&shared.database).parse().unwrap();
+    let postgres = socket_of(&shared.database);
     let proxy = Proxy::start(postgres).await;
     let through_proxy = shared.database.replacen(&authority(&shared.database), &proxy.addr.to_string(), 1);
     let app = spawn_with(|s| {
@@ -198,7 +193,7 @@ async fn a_database_that_goes_away_gets_503_and_readyz_says_so() {
 #[tokio::test]
 async fn a_redis_that_goes_away_gets_503_and_comes_back() {
     let shared = Shared::new().await;
-    let redis: std::net::SocketAddr = authority(&shared.redis).parse().unwrap();
+    let redis = socket_of(&shared.redis);
     let proxy = Proxy::start(redis).await;
     let app = spawn_with(|s| {
         s3support::configure(s, &shared.bucket);

@@ -28,6 +28,8 @@ mod redissupport;
 mod s3support;
 #[path = "../support/tls.rs"]
 mod tlssupport;
+#[path = "../support/url.rs"]
+mod urlsupport;
 
 mod blob_store;
 mod metadata_store;

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::s3support::{self, PART};
-use crate::tlssupport::{self, TlsFront};
+use crate::tlssupport::TlsFront;
+use crate::urlsupport::socket_of;
 
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 253) as u8).collect()
@@ -146,7 +147,7 @@ async fn the_janitor_view_finds_uploads_without_sessions() {
 #[tokio::test]
 async fn a_store_behind_a_private_ca_is_trusted_only_with_that_ca() {
     let bucket = s3support::fresh_bucket().await;
-    let front = TlsFront::start(tlssupport::socket_of(&s3support::endpoint())).await;
+    let front = TlsFront::start(socket_of(&s3support::endpoint())).await;
     let connection = |ca_file: Option<std::path::PathBuf>| S3Connection {
         endpoint: Some(format!("https://{}", front.addr)),
         ca_file,

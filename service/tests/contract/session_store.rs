@@ -7,7 +7,8 @@ use berth::oci::Algorithm;
 use berth::sessions::{LockToken, SessionStore, UploadSession};
 use berth::storage::UploadHandle;
 
-use crate::tlssupport::{self, TlsFront};
+use crate::tlssupport::TlsFront;
+use crate::urlsupport::socket_of;
 
 /// Idle timeout the factories give their stores.
 pub const IDLE: Duration = Duration::from_millis(600);
@@ -138,7 +139,7 @@ session_store_contract!(redis, redis);
 
 /// `rediss://` to a Redis behind a TLS front whose certificate a private CA signed.
 async fn redis_tls(ca: bool) -> (Arc<dyn SessionStore>, TlsFront) {
-    let front = TlsFront::start(tlssupport::socket_of(&crate::redissupport::url())).await;
+    let front = TlsFront::start(socket_of(&crate::redissupport::url())).await;
     let url = format!("rediss://{}", front.addr);
     let ca_file = ca.then_some(front.ca_file.as_path());
     let store =

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,7 +19,7 @@ pub struct TlsFront {
     /// The test CA's certificate, PEM.
     pub ca_file: PathBuf,
     /// Connections that completed a TLS handshake.
-    handshakes: Arc<std::sync::atomic::AtomicU64>,
+    handshakes: Arc<AtomicU64>,
     _dir: tempfile::TempDir,
 }
 
@@ -50,7 +51,7 @@ impl TlsFront {
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind TLS front");
         let addr = listener.local_addr().expect("address");
-        let handshakes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let handshakes = Arc::new(AtomicU64::new(0));
         let counted = handshakes.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -58,7 +59,7 @@ impl TlsFront {
                 tokio::spawn(async move {
                     // A client that refuses the certificate ends here.
                     let Ok(mut client) = acceptor.accept(client).await else { return };
-                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    counted.fetch_add(1, Ordering::SeqCst);
                     let Ok(mut server) = TcpStream::connect(target).await else { return };
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                 });
@@ -68,14 +69,6 @@ impl TlsFront {
     }
 
     pub fn handshakes(&self) -> u64 {
-        self.handshakes.load(std::sync::atomic::Ordering::SeqCst)
+        self.handshakes.load(Ordering::SeqCst)
     }
-}
-
-/// The `host:port` of a URL such as `redis://127.0.0.1:6379/0` or `http://127.0.0.1:5300`.
-pub fn socket_of(url: &str) -> SocketAddr {
-    let rest = url.split("://").nth(1).expect("URL with a scheme");
-    let authority = rest.split('/').next().expect("authority");
-    let host_port = authority.rsplit('@').next().expect("host");
-    host_port.parse().expect("an IP:port address")
 }
