@@ -26,10 +26,10 @@ enum Command {
     /// Manage the users of the htpasswd file (BERTH_HTPASSWD).
     #[command(subcommand)]
     User(UserCommand),
-    /// Remove what abandoned uploads left in the blob store (multipart uploads, partial
-    /// objects) once they are older than the upload idle timeout, and exit. `berth serve`
-    /// does this on its own every few minutes.
-    Gc(ServeArgs),
+    /// Remove blobs that no manifest references and no push linked within the grace time,
+    /// and what abandoned uploads left in the blob store (multipart uploads, partial objects;
+    /// `berth serve` also does this on its own), then exit. Safe while replicas serve.
+    Gc(GcArgs),
 }
 
 #[derive(Subcommand)]
@@ -60,6 +60,19 @@ struct ServeArgs {
     /// Data directory of the embedded backends (also `BERTH_DATA_DIR`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GcArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Keep blobs that a repository linked more recently than this (`30m`, `24h`, `7d`):
+    /// a push uploads its layers before the manifest that references them.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    grace: std::time::Duration,
+    /// List what would be removed (in the log) and remove nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 impl ServeArgs {
@@ -138,11 +151,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gc(args) => {
-            let settings = args.settings()?;
+            let settings = args.serve.settings()?;
             with_telemetry(settings, |settings| async move {
                 let registry = berth::server::build_registry(&settings).await?;
-                let discarded = registry.sweep_uploads().await;
-                println!("discarded {discarded} abandoned upload(s)");
+                let collected = registry.collect_blobs(args.grace, args.dry_run).await?;
+                let verb = if args.dry_run { "would remove" } else { "removed" };
+                println!("{verb} {} unreferenced blob(s), {} bytes", collected.blobs, collected.bytes);
+                if !args.dry_run {
+                    let discarded = registry.sweep_uploads().await;
+                    println!("discarded {discarded} abandoned upload(s)");
+                }
                 Ok(())
             })
         }

@@ -3,10 +3,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use super::{BlobRecord, MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer, StoredManifest};
+use super::{
+    BlobRecord, Collectable, MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer, StoredManifest,
+};
 use crate::metrics::{self, Metrics};
 use crate::oci::{Digest, Reference, RepoName, Tag};
 
@@ -36,6 +39,36 @@ impl MetadataStore for Instrumented {
         blob: &BlobRecord,
     ) -> Result<BlobRecord, MetadataError> {
         timed(self.kind(), "link_blob", self.0.link_blob(repository, digest, blob)).await
+    }
+
+    async fn link_stored_blob(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Option<BlobRecord>, MetadataError> {
+        timed(self.kind(), "link_stored_blob", self.0.link_stored_blob(repository, digest, size)).await
+    }
+
+    async fn collectable_blobs(
+        &self,
+        cutoff: SystemTime,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<Collectable>, MetadataError> {
+        timed(self.kind(), "collectable_blobs", self.0.collectable_blobs(cutoff, after, limit)).await
+    }
+
+    async fn begin_blob_removal(
+        &self,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<Option<BlobRecord>, MetadataError> {
+        timed(self.kind(), "begin_blob_removal", self.0.begin_blob_removal(digest, cutoff)).await
+    }
+
+    async fn finish_blob_removal(&self, digest: &Digest) -> Result<(), MetadataError> {
+        timed(self.kind(), "finish_blob_removal", self.0.finish_blob_removal(digest)).await
     }
 
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError> {

@@ -6,6 +6,8 @@
 pub mod instrumented;
 pub mod sql;
 
+use std::time::SystemTime;
+
 use async_trait::async_trait;
 
 use crate::oci::{Digest, Reference, RepoName, Tag};
@@ -15,6 +17,9 @@ pub enum MetadataError {
     /// The database cannot be reached; the request may be retried.
     #[error("metadata store unavailable: {0}")]
     Unavailable(String),
+    /// The garbage collector is removing the blob: nothing may link it until it is done.
+    #[error("blob {0} is being garbage-collected")]
+    BlobBeingRemoved(Digest),
     #[error("metadata store error: {0}")]
     Other(String),
 }
@@ -25,6 +30,13 @@ pub struct BlobRecord {
     pub size: u64,
     /// Where the blob store keeps it, when not at its content-addressed place.
     pub location: Option<String>,
+}
+
+/// A blob the garbage collector may remove.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Collectable {
+    pub digest: Digest,
+    pub size: u64,
 }
 
 /// A manifest to record, with what it points at.
@@ -91,6 +103,10 @@ pub struct Page {
 /// - Writes are atomic: `put_manifest` stores the manifest, its references and every tag,
 ///   or (when a reference is missing) nothing at all; a tag points at exactly one manifest.
 /// - A blob is visible in a repository only while linked to it; `link_blob` is idempotent.
+/// - Garbage collection: a blob no manifest references and no repository linked at or after
+///   the cutoff is collectable; removing it unlinks it everywhere and marks it at once, so
+///   that a manifest or mount racing the removal either finds it linked (and the removal
+///   gives up) or finds it gone, never half-removed.
 /// - Listings are in byte order ("ASCIIbetical"), start strictly after `last`, and hold at
 ///   most `limit` items.
 #[async_trait]
@@ -99,7 +115,8 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Records that the blob `digest` is stored (when it was not already: the first record
     /// of a digest stays) and belongs to `repository`. Returns the record that stays, which
-    /// differs from `blob` when another upload of the same digest was recorded first.
+    /// differs from `blob` when another upload of the same digest was recorded first, or
+    /// [`MetadataError::BlobBeingRemoved`].
     async fn link_blob(
         &self,
         repository: &RepoName,
@@ -107,7 +124,41 @@ pub trait MetadataStore: Send + Sync + 'static {
         blob: &BlobRecord,
     ) -> Result<BlobRecord, MetadataError>;
 
-    /// The blob, if it is stored, whichever repositories link it.
+    /// Links the blob to the repository if it is stored with `size`, and returns its record:
+    /// an upload of bytes the registry already holds ends here. `None` when no blob of that
+    /// digest and size is stored; [`MetadataError::BlobBeingRemoved`] while the garbage
+    /// collector deletes its bytes, when nothing may store the same digest either.
+    async fn link_stored_blob(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Option<BlobRecord>, MetadataError>;
+
+    /// Blobs the garbage collector may remove, in digest order after `after`: those that no
+    /// manifest references and that no repository linked at or after `cutoff`, and those
+    /// whose removal began and was cut short.
+    async fn collectable_blobs(
+        &self,
+        cutoff: SystemTime,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<Collectable>, MetadataError>;
+
+    /// Begins removing a blob if it is still collectable (or its removal was cut short):
+    /// unlinks it from every repository and marks it in one transaction. Returns where its
+    /// bytes are, for the caller to delete them before [`MetadataStore::finish_blob_removal`];
+    /// `None` when it is no longer collectable.
+    async fn begin_blob_removal(
+        &self,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<Option<BlobRecord>, MetadataError>;
+
+    /// Forgets a blob whose removal began, once its bytes are gone.
+    async fn finish_blob_removal(&self, digest: &Digest) -> Result<(), MetadataError>;
+
+    /// The blob, if it is stored (and not being removed), whichever repositories link it.
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError>;
 
     /// The blob, if it is linked to the repository.

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
-use super::{BlobRecord, MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer, StoredManifest};
+use super::{
+    BlobRecord, Collectable, MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer, StoredManifest,
+};
 use crate::oci::{Digest, Reference, RepoName, Tag};
 
 /// Which database is behind the `Any` driver.
@@ -97,13 +99,79 @@ impl SqlMetadata {
         migrator.run(&self.writes).await.map_err(|e| MetadataError::Other(format!("migration failed: {e}")))
     }
 
+    /// A write transaction. On SQLite it takes the write lock up front (`IMMEDIATE`): a
+    /// transaction that read first could not write once another process (`berth gc`)
+    /// had written in between.
     async fn begin(&self) -> Result<Transaction<'static, Any>, MetadataError> {
-        self.writes.begin().await.map_err(db_error)
+        match self.dialect {
+            Dialect::Sqlite => self.writes.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.writes.begin().await,
+        }
+        .map_err(db_error)
+    }
+
+    /// `sql` as is on SQLite, whose write transactions exclude each other anyway, or with
+    /// the row-locking clause `postgres` on PostgreSQL. Rows are locked where a blob's
+    /// removal and a transaction that links or references it must not interleave: the
+    /// removal locks the blob's row `FOR UPDATE`, the others `FOR SHARE`.
+    fn locking(&self, sql: &'static str, postgres: &'static str) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => sql,
+            Dialect::Postgres => postgres,
+        }
+    }
+
+    fn shared_blob_row(&self) -> &'static str {
+        let (sqlite, postgres) = BLOB_ROW_SHARED;
+        self.locking(sqlite, postgres)
     }
 }
 
+/// The same statement without and with a PostgreSQL row-locking clause, for
+/// [`SqlMetadata::locking`].
+macro_rules! with_lock {
+    ($sql:expr, $clause:literal) => {
+        ($sql, concat!($sql, " ", $clause))
+    };
+}
+
+macro_rules! blob_row_sql {
+    () => {
+        "SELECT size, location, deleting FROM blobs WHERE digest = $1"
+    };
+}
+
+macro_rules! blob_in_repository_sql {
+    () => {
+        "SELECT b.size, b.location FROM repository_blobs rb \
+         JOIN repositories r ON r.id = rb.repository_id JOIN blobs b ON b.digest = rb.digest \
+         WHERE r.name = $1 AND rb.digest = $2 AND b.deleting IS NULL"
+    };
+}
+
+const BLOB_ROW_SHARED: (&str, &str) = with_lock!(blob_row_sql!(), "FOR SHARE");
+const BLOB_ROW_EXCLUSIVE: (&str, &str) = with_lock!(blob_row_sql!(), "FOR UPDATE");
+// Only the blob's row is locked: the removal locks it first and then deletes the links, so
+// locking a link here as well could deadlock with it.
+const BLOB_IN_REPOSITORY_SHARED: (&str, &str) = with_lock!(blob_in_repository_sql!(), "FOR SHARE OF b");
+const LINKED_BLOB_SIZE_SHARED: (&str, &str) = with_lock!(
+    "SELECT b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest \
+     WHERE rb.repository_id = $1 AND rb.digest = $2 AND b.deleting IS NULL",
+    "FOR SHARE OF b"
+);
+
+/// A blob row read with [`blob_row_sql`]: its record, and whether its removal began.
+fn blob_row(row: &AnyRow) -> Result<(BlobRecord, bool), MetadataError> {
+    let deleting: Option<i64> = column(row, 2)?;
+    Ok((blob_columns(row)?, deleting.is_some()))
+}
+
+fn millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    millis(SystemTime::now())
 }
 
 fn unavailable(e: impl std::fmt::Display) -> MetadataError {
@@ -168,8 +236,12 @@ async fn repository_id(tx: &mut Transaction<'static, Any>, name: &RepoName) -> R
     column(&row, 0)
 }
 
+/// Records the blob if it is new and links it to the repository; the record that stays.
+/// `lock_row` is [`BLOB_ROW_SHARED`] for the dialect: between finding the row (or adding it)
+/// and linking it, the garbage collector must not delete it.
 async fn link(
     tx: &mut Transaction<'static, Any>,
+    lock_row: &'static str,
     repository: i64,
     digest: &Digest,
     blob: &BlobRecord,
@@ -185,9 +257,16 @@ async fn link(
     .execute(&mut **tx)
     .await
     .map_err(db_error)?;
+    let row = sqlx::query(lock_row).bind(digest.as_str()).fetch_optional(&mut **tx).await.map_err(db_error)?;
+    // No row: the one the insert found was being removed, and is gone now; asked again, the
+    // insert adds a new one.
+    let record = match row.as_ref().map(blob_row).transpose()? {
+        None | Some((_, true)) => return Err(MetadataError::BlobBeingRemoved(digest.clone())),
+        Some((record, false)) => record,
+    };
     sqlx::query(
         "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (repository_id, digest) DO NOTHING",
+         ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at",
     )
     .bind(repository)
     .bind(digest.as_str())
@@ -195,17 +274,8 @@ async fn link(
     .execute(&mut **tx)
     .await
     .map_err(db_error)?;
-    let row = sqlx::query("SELECT size, location FROM blobs WHERE digest = $1")
-        .bind(digest.as_str())
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db_error)?;
-    blob_columns(&row)
+    Ok(record)
 }
-
-const BLOB_IN_REPOSITORY: &str = "SELECT b.size, b.location FROM repository_blobs rb \
-     JOIN repositories r ON r.id = rb.repository_id JOIN blobs b ON b.digest = rb.digest \
-     WHERE r.name = $1 AND rb.digest = $2";
 
 // Manifest lookups, with and without the payload: HEAD never loads the bytes.
 const MANIFEST_BY_DIGEST: &str = "SELECT m.digest, m.media_type, m.size, m.payload FROM manifests m \
@@ -238,13 +308,117 @@ impl MetadataStore for SqlMetadata {
     ) -> Result<BlobRecord, MetadataError> {
         let mut tx = self.begin().await?;
         let id = repository_id(&mut tx, repository).await?;
-        let stored = link(&mut tx, id, digest, blob).await?;
+        let stored = link(&mut tx, self.shared_blob_row(), id, digest, blob).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(stored)
     }
 
+    async fn link_stored_blob(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Option<BlobRecord>, MetadataError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(self.shared_blob_row())
+            .bind(digest.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let record = match row.as_ref().map(blob_row).transpose()? {
+            None => return Ok(None),
+            Some((_, true)) => return Err(MetadataError::BlobBeingRemoved(digest.clone())),
+            Some((record, false)) if record.size != size => return Ok(None),
+            Some((record, false)) => record,
+        };
+        let id = repository_id(&mut tx, repository).await?;
+        let record = link(&mut tx, self.shared_blob_row(), id, digest, &record).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Some(record))
+    }
+
+    async fn collectable_blobs(
+        &self,
+        cutoff: SystemTime,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<Collectable>, MetadataError> {
+        let rows = sqlx::query(
+            "SELECT b.digest, b.size FROM blobs b WHERE b.digest > $2 AND (b.deleting IS NOT NULL \
+             OR (b.created_at < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM manifest_references mr WHERE mr.target_digest = b.digest) \
+                 AND NOT EXISTS (SELECT 1 FROM repository_blobs rb \
+                                 WHERE rb.digest = b.digest AND rb.created_at >= $1))) \
+             ORDER BY b.digest LIMIT $3",
+        )
+        .bind(millis(cutoff))
+        .bind(after.map_or("", Digest::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(|r| Ok(Collectable { digest: digest_column(r, 0)?, size: size_column(r, 1)? })).collect()
+    }
+
+    async fn begin_blob_removal(
+        &self,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<Option<BlobRecord>, MetadataError> {
+        let mut tx = self.begin().await?;
+        let (sqlite, postgres) = BLOB_ROW_EXCLUSIVE;
+        let row = sqlx::query(self.locking(sqlite, postgres))
+            .bind(digest.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let record = match row.as_ref().map(blob_row).transpose()? {
+            None => return Ok(None),
+            Some((record, true)) => return Ok(Some(record)),
+            Some((record, false)) => record,
+        };
+        // Asked again under the row lock: whatever linked or referenced the blob since it was
+        // listed has committed by now, and shows.
+        let cutoff = millis(cutoff);
+        let still_used = sqlx::query(
+            "SELECT 1 FROM blobs b WHERE b.digest = $1 AND (b.created_at >= $2 \
+             OR EXISTS (SELECT 1 FROM manifest_references mr WHERE mr.target_digest = b.digest) \
+             OR EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest AND rb.created_at >= $2))",
+        )
+        .bind(digest.as_str())
+        .bind(cutoff)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if still_used.is_some() {
+            return Ok(None);
+        }
+        sqlx::query("DELETE FROM repository_blobs WHERE digest = $1")
+            .bind(digest.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query("UPDATE blobs SET deleting = $2 WHERE digest = $1")
+            .bind(digest.as_str())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Some(record))
+    }
+
+    async fn finish_blob_removal(&self, digest: &Digest) -> Result<(), MetadataError> {
+        sqlx::query("DELETE FROM blobs WHERE digest = $1 AND deleting IS NOT NULL")
+            .bind(digest.as_str())
+            .execute(&self.writes)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError> {
-        let row = sqlx::query("SELECT size, location FROM blobs WHERE digest = $1")
+        let row = sqlx::query("SELECT size, location FROM blobs WHERE digest = $1 AND deleting IS NULL")
             .bind(digest.as_str())
             .fetch_optional(&self.reads)
             .await
@@ -257,7 +431,7 @@ impl MetadataStore for SqlMetadata {
         repository: &RepoName,
         digest: &Digest,
     ) -> Result<Option<BlobRecord>, MetadataError> {
-        let row = sqlx::query(BLOB_IN_REPOSITORY)
+        let row = sqlx::query(blob_in_repository_sql!())
             .bind(repository.as_str())
             .bind(digest.as_str())
             .fetch_optional(&self.reads)
@@ -268,7 +442,8 @@ impl MetadataStore for SqlMetadata {
 
     async fn mount_blob(&self, from: &RepoName, to: &RepoName, digest: &Digest) -> Result<Option<u64>, MetadataError> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query(BLOB_IN_REPOSITORY)
+        let (sqlite, postgres) = BLOB_IN_REPOSITORY_SHARED;
+        let row = sqlx::query(self.locking(sqlite, postgres))
             .bind(from.as_str())
             .bind(digest.as_str())
             .fetch_optional(&mut *tx)
@@ -277,7 +452,7 @@ impl MetadataStore for SqlMetadata {
         let Some(row) = row else { return Ok(None) };
         let blob = blob_columns(&row)?;
         let id = repository_id(&mut tx, to).await?;
-        link(&mut tx, id, digest, &blob).await?;
+        link(&mut tx, self.shared_blob_row(), id, digest, &blob).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(Some(blob.size))
     }
@@ -299,8 +474,8 @@ impl MetadataStore for SqlMetadata {
         let mut tx = self.begin().await?;
         let id = repository_id(&mut tx, &m.repository).await?;
         let (mut missing, mut wrong_size) = (Vec::new(), Vec::new());
-        let blob_size = "SELECT b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest \
-                         WHERE rb.repository_id = $1 AND rb.digest = $2";
+        let (sqlite, postgres) = LINKED_BLOB_SIZE_SHARED;
+        let blob_size = self.locking(sqlite, postgres);
         let manifest_size = "SELECT size FROM manifests WHERE repository_id = $1 AND digest = $2";
         let wanted = m.blobs.iter().map(|r| (r, blob_size)).chain(m.manifests.iter().map(|r| (r, manifest_size)));
         for ((digest, size), query) in wanted {

@@ -79,6 +79,9 @@ impl From<MetadataError> for Error {
     fn from(e: MetadataError) -> Self {
         match e {
             MetadataError::Unavailable(m) => Error::Unavailable(m),
+            MetadataError::BlobBeingRemoved(d) => {
+                Error::Unavailable(format!("blob {d} is being garbage-collected; try again shortly"))
+            }
             MetadataError::Other(m) => Error::Internal(m),
         }
     }

@@ -1,10 +1,18 @@
-//! Removes the bytes of uploads that no session knows any more: cancelled by a replica that
-//! died before cleaning up, expired after `upload_idle_timeout`, or lost with a restart of
-//! the in-memory session store.
+//! Removes what nobody can reach any more: the bytes of uploads that no session knows (cancelled
+//! by a replica that died before cleaning up, expired after `upload_idle_timeout`, or lost
+//! with a restart of the in-memory session store), and blobs that no manifest references.
 
 use std::time::{Duration, SystemTime};
 
-use super::Registry;
+use super::{Error, Registry};
+use crate::oci::Digest;
+
+/// What a blob collection removed, or would remove on a dry run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    pub blobs: u64,
+    pub bytes: u64,
+}
 
 impl Registry {
     /// One sweep; returns how many uploads were discarded.
@@ -37,6 +45,38 @@ impl Registry {
             tracing::info!(discarded, "janitor discarded abandoned uploads");
         }
         discarded
+    }
+
+    /// Removes the blobs that no manifest in any repository references and that no repository
+    /// linked within `grace` (a push uploads its layers before the manifest that names them:
+    /// `grace` must be longer than any push takes). Safe while the registry serves: see
+    /// `MetadataStore::begin_blob_removal`. A collection cut short is finished by the next.
+    pub async fn collect_blobs(&self, grace: Duration, dry_run: bool) -> Result<Collected, Error> {
+        let cutoff = SystemTime::now() - grace;
+        let mut collected = Collected::default();
+        let mut after: Option<Digest> = None;
+        loop {
+            let page = self.metadata.collectable_blobs(cutoff, after.as_ref(), 500).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.digest.clone());
+            for blob in page {
+                if dry_run {
+                    tracing::info!(digest = %blob.digest, size = blob.size, "would remove blob");
+                } else {
+                    let Some(record) = self.metadata.begin_blob_removal(&blob.digest, cutoff).await? else {
+                        continue;
+                    };
+                    // Until `finish_blob_removal`, the mark keeps uploads of this digest waiting,
+                    // so that none commits bytes where these are being deleted.
+                    self.blobs.delete(&blob.digest, record.location.as_deref()).await?;
+                    self.metadata.finish_blob_removal(&blob.digest).await?;
+                    tracing::info!(digest = %blob.digest, size = blob.size, "removed blob");
+                }
+                collected.blobs += 1;
+                collected.bytes += blob.size;
+            }
+        }
+        Ok(collected)
     }
 
     /// Sweeps now and then, for as long as the process runs.

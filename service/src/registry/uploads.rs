@@ -6,13 +6,13 @@
 //! the upload stays at its last saved offset and the chunk can be sent again.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use tracing::instrument;
 
 use super::{Body, Error, Registry};
-use crate::metadata::BlobRecord;
+use crate::metadata::{BlobRecord, MetadataError};
 use crate::metrics::{Metrics, Raised};
 use crate::oci::{Algorithm, Digest, Hasher, RepoName};
 use crate::sessions::{LockToken, SessionStore, UploadSession};
@@ -185,22 +185,21 @@ impl Registry {
         }
         let size = session.offset;
         // A blob with this digest may be stored already (pushed to another repository, or by
-        // this very upload on an attempt whose response was lost): keep the one copy.
-        let location = match self.metadata.blob(digest).await? {
-            Some(stored) if stored.size == size => {
-                drop(writer);
-                self.blobs.abort_upload(&session.id, Some(&session.handle)).await?;
-                stored.location
-            }
-            _ => {
-                if let Some(writer) = writer {
-                    session.handle = writer.finish(Some(digest)).await?;
-                }
-                self.blobs.commit_upload(&session.id, &session.handle, size, digest).await?
-            }
-        };
+        // this very upload on an attempt whose response was lost): keep the one copy. The
+        // upload's own bytes go only once the stored blob is linked, so that a garbage
+        // collection racing this commit cannot leave the repository with neither.
+        if patiently(digest, async || self.metadata.link_stored_blob(repository, digest, size).await).await?.is_some() {
+            drop(writer);
+            self.blobs.abort_upload(&session.id, Some(&session.handle)).await?;
+            self.sessions.delete(&session.id).await?;
+            return Ok(size);
+        }
+        if let Some(writer) = writer {
+            session.handle = writer.finish(Some(digest)).await?;
+        }
+        let location = self.blobs.commit_upload(&session.id, &session.handle, size, digest).await?;
         let ours = BlobRecord { size, location };
-        let stored = self.metadata.link_blob(repository, digest, &ours).await?;
+        let stored = patiently(digest, async || self.metadata.link_blob(repository, digest, &ours).await).await?;
         if stored.location != ours.location
             && let Some(location) = &ours.location
         {
@@ -211,6 +210,16 @@ impl Registry {
             }
         }
         self.sessions.delete(&session.id).await?;
+        // The same digest stored by another upload while this one committed, left unreferenced
+        // past the collector's grace time and removed, took these bytes with it if they share
+        // its content-addressed place. Only a grace time shorter than a commit allows that; the
+        // client then pushes again, and is never told that a blob is there when it is not.
+        if stored.location.is_none() && self.blobs.stat(digest, None).await?.is_none() {
+            self.metadata.unlink_blob(repository, digest).await?;
+            return Err(Error::Unavailable(format!(
+                "blob {digest} was garbage-collected while it was being stored; push it again"
+            )));
+        }
         Ok(size)
     }
 
@@ -342,6 +351,21 @@ impl Registry {
         }
         Ok((writer, received))
     }
+}
+
+/// Runs `attempt` again while the garbage collector removes the blob `digest`, which takes it
+/// one store call, for up to ten seconds.
+async fn patiently<T>(digest: &Digest, attempt: impl AsyncFn() -> Result<T, MetadataError>) -> Result<T, Error> {
+    for _ in 0..50 {
+        match attempt().await {
+            Err(MetadataError::BlobBeingRemoved(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            done => return Ok(done?),
+        }
+    }
+    Err(Error::Unavailable(format!(
+        "blob {digest} is being garbage-collected and its removal has not finished; \
+         if `berth gc` was interrupted, run it again"
+    )))
 }
 
 fn restore_hasher(session: &UploadSession) -> Result<Hasher, Error> {

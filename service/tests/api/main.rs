@@ -15,6 +15,7 @@ mod urlsupport;
 mod auth;
 mod blobs;
 mod errors;
+mod gc;
 mod helpers;
 mod listing;
 mod manifests;

@@ -41,7 +41,6 @@ impl Shared {
     }
 }
 
-/// `host:port` of a `scheme://[user@]host:port/…` URL.
 #[tokio::test]
 async fn an_upload_moves_between_replicas_chunk_by_chunk() {
     let shared = Shared::new().await;
@@ -241,4 +240,130 @@ async fn losing_redis_loses_the_uploads_in_progress_and_nothing_else() {
     // The client starts over, and that works.
     let blob = pattern(s3support::PART + 1);
     assert_eq!(app.push_streamed("lost", &blob, 500_000).await.status(), StatusCode::CREATED);
+}
+
+/// Pushes a blob in one request, again when told 503 as a client would: with no grace time,
+/// the collector may remove the blob while it is being stored.
+async fn push_retrying(app: &TestApp, bytes: &[u8]) -> berth::oci::Digest {
+    let digest = sha256(bytes);
+    for _ in 0..20 {
+        let r = app
+            .request(Method::POST, &format!("/v2/gcrace/blobs/uploads/?digest={digest}"))
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        match r.status() {
+            StatusCode::CREATED => return digest,
+            StatusCode::SERVICE_UNAVAILABLE => continue,
+            other => panic!("blob push gave {other}: {}", r.text().await.unwrap_or_default()),
+        }
+    }
+    panic!("blob push kept getting 503");
+}
+
+/// Garbage collection running flat out with next to no grace time while two replicas push images
+/// that share layers and delete some of them: every manifest push is stored whole or refused
+/// (`MANIFEST_BLOB_UNKNOWN` when a layer was collected before its manifest came), and no
+/// stored manifest ever loses a layer.
+#[tokio::test]
+async fn gc_racing_pushes_and_deletes_never_takes_a_layer_from_a_manifest() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let shared = Shared::new().await;
+    let replicas = [shared.replica().await, shared.replica().await];
+    let layers: Vec<Vec<u8>> = (0..5).map(|i| pattern(20_000 + i)).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let collector = {
+        let (registry, stop) = (replicas[1].registry.clone(), stop.clone());
+        async move {
+            let (mut runs, mut removed) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                // Every fourth collection with no grace time at all, the others with about as much
+                // as a push takes; pauses in between, so that some pushes finish unharmed.
+                let grace = Duration::from_millis([0, 200, 200, 200][runs % 4]);
+                removed += registry.collect_blobs(grace, false).await.expect("collection").blobs;
+                tokio::time::sleep(Duration::from_millis([0, 10, 10, 30][runs % 4])).await;
+                runs += 1;
+            }
+            (runs, removed)
+        }
+    };
+    let pusher = |worker: usize| {
+        let (replicas, layers) = (&replicas, &layers);
+        async move {
+            let mut kept = Vec::new();
+            let mut refused = 0;
+            for round in 0..20 {
+                let (push, put) = (&replicas[(worker + round) % 2], &replicas[(worker + round + 1) % 2]);
+                let config = format!(r#"{{"worker":{worker},"round":{round}}}"#).into_bytes();
+                let picked = [&layers[(worker + round) % 5], &layers[(worker + 2 * round + 1) % 5]];
+                let mut descriptors = Vec::new();
+                for layer in picked {
+                    let digest = push_retrying(push, layer).await;
+                    descriptors.push(json!({"mediaType": OCI_LAYER, "digest": digest.as_str(), "size": layer.len()}));
+                }
+                let config_digest = push_retrying(push, &config).await;
+                let manifest = serde_json::to_vec(&json!({
+                    "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                    "config": {"mediaType": OCI_CONFIG, "digest": config_digest.as_str(), "size": config.len()},
+                    "layers": descriptors,
+                }))
+                .unwrap();
+                let r = put.put_manifest("gcrace", &format!("w{worker}-{round}"), OCI_MANIFEST, &manifest).await;
+                match r.status() {
+                    StatusCode::CREATED if round % 3 == 0 => {
+                        let r = push.delete(&format!("/v2/gcrace/manifests/{}", sha256(&manifest))).await;
+                        assert_eq!(r.status(), StatusCode::ACCEPTED);
+                    }
+                    StatusCode::CREATED => kept.push(manifest),
+                    StatusCode::BAD_REQUEST => {
+                        let body: Value = r.json().await.unwrap();
+                        assert_eq!(body["errors"][0]["code"], "MANIFEST_BLOB_UNKNOWN", "{body}");
+                        refused += 1;
+                    }
+                    other => panic!("manifest PUT gave {other}: {}", r.text().await.unwrap_or_default()),
+                }
+            }
+            (kept, refused)
+        }
+    };
+    let ((runs, removed), pushed) = tokio::join!(collector, async {
+        let pushed = tokio::join!(pusher(0), pusher(1), pusher(2));
+        stop.store(true, Ordering::Relaxed);
+        pushed
+    });
+    let (kept, refused): (Vec<_>, usize) =
+        [pushed.0, pushed.1, pushed.2].into_iter().fold((Vec::new(), 0), |(mut all, n), (kept, refused)| {
+            all.extend(kept);
+            (all, n + refused)
+        });
+    eprintln!("{runs} collections removed {removed} blobs; {} manifests kept, {refused} refused", kept.len());
+    assert!(removed > 0 && !kept.is_empty(), "the race was not run: {removed} removed, {} kept", kept.len());
+
+    // One more collection after the dust settles: only what a kept manifest references stays.
+    replicas[0].registry.collect_blobs(Duration::ZERO, false).await.unwrap();
+    let mut referenced = std::collections::HashSet::new();
+    for manifest in &kept {
+        let parsed: Value = serde_json::from_slice(manifest).unwrap();
+        let r = replicas[0].get(&format!("/v2/gcrace/manifests/{}", sha256(manifest))).await;
+        assert_eq!(r.bytes().await.unwrap(), *manifest);
+        let blobs = std::iter::once(&parsed["config"]).chain(parsed["layers"].as_array().unwrap());
+        for descriptor in blobs {
+            let digest = descriptor["digest"].as_str().unwrap();
+            for replica in &replicas {
+                let r = replica.get(&format!("/v2/gcrace/blobs/{digest}")).await;
+                assert_eq!(r.status(), StatusCode::OK, "{digest} of a kept manifest");
+                assert_eq!(sha256(&r.bytes().await.unwrap()).as_str(), digest);
+            }
+            referenced.insert(digest.trim_start_matches("sha256:").to_owned());
+        }
+    }
+    let stored: std::collections::HashSet<String> = s3support::keys(&shared.bucket)
+        .await
+        .into_iter()
+        .filter_map(|k| k.rsplit_once("/sha256/").map(|(_, hex)| hex.rsplit('/').next().unwrap().to_owned()))
+        .collect();
+    assert_eq!(stored, referenced, "the bucket holds exactly the blobs kept manifests reference");
 }

@@ -1,8 +1,9 @@
 //! The `MetadataStore` contract.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use berth::metadata::{BlobRecord, MetadataStore, NewManifest, Page, PutManifest};
+use berth::metadata::{BlobRecord, Collectable, MetadataError, MetadataStore, NewManifest, Page, PutManifest};
 use berth::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
 fn repo(name: &str) -> RepoName {
@@ -149,6 +150,83 @@ pub async fn referrers_by_subject_and_artifact_type(store: Arc<dyn MetadataStore
     assert!(store.referrers(&repo("elsewhere"), &subject, None).await.unwrap().is_empty());
 }
 
+async fn collectable(store: &dyn MetadataStore, cutoff: SystemTime) -> Vec<Digest> {
+    let mut found = Vec::new();
+    let mut after = None;
+    // Pages of one, to check the paging too.
+    while let Some(Collectable { digest, .. }) =
+        store.collectable_blobs(cutoff, after.as_ref(), 1).await.unwrap().into_iter().next()
+    {
+        found.push(digest.clone());
+        after = Some(digest);
+    }
+    found
+}
+
+fn sorted(mut digests: Vec<Digest>) -> Vec<Digest> {
+    digests.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    digests
+}
+
+pub async fn blobs_nothing_references_are_collected_and_nothing_else(store: Arc<dyn MetadataStore>) {
+    let (r, other) = (repo("gc/r"), repo("gc/other"));
+    let (used, loose, unlinked, relinked) = (digest("used"), digest("loose"), digest("unlinked"), digest("again"));
+    for d in [&used, &loose, &unlinked, &relinked] {
+        store.link_blob(&r, d, &blob(4)).await.unwrap();
+    }
+    assert!(store.unlink_blob(&r, &unlinked).await.unwrap());
+    let m = manifest("gc/r", "uses", vec![(used.clone(), 4)]);
+    store.put_manifest(&m, &[tag("t")]).await.unwrap();
+
+    // Within the grace time nothing goes; past it, what no manifest references.
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    assert_eq!(collectable(&*store, hour_ago).await, Vec::<Digest>::new());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let past = SystemTime::now();
+    assert_eq!(collectable(&*store, past).await, sorted(vec![loose.clone(), unlinked.clone(), relinked.clone()]));
+    assert_eq!(store.begin_blob_removal(&used, past).await.unwrap(), None);
+
+    // A link made after the cutoff keeps the blob: a new one, or one made again.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.link_stored_blob(&other, &unlinked, 4).await.unwrap(), Some(blob(4)));
+    assert_eq!(store.begin_blob_removal(&unlinked, past).await.unwrap(), None);
+    store.link_blob(&r, &relinked, &blob(4)).await.unwrap();
+    assert_eq!(store.begin_blob_removal(&relinked, past).await.unwrap(), None);
+    assert_eq!(collectable(&*store, past).await, vec![loose.clone()]);
+    assert_eq!(store.link_stored_blob(&other, &unlinked, 5).await.unwrap(), None);
+
+    // Removal unlinks it everywhere at once, and until it finishes nothing can link it again.
+    assert_eq!(store.begin_blob_removal(&loose, past).await.unwrap(), Some(blob(4)));
+    assert_eq!(store.blob_in_repository(&r, &loose).await.unwrap(), None);
+    assert_eq!(store.blob(&loose).await.unwrap(), None);
+    let refused = store.link_stored_blob(&other, &loose, 4).await;
+    assert!(matches!(refused, Err(MetadataError::BlobBeingRemoved(ref d)) if *d == loose), "{refused:?}");
+    let refused = store.link_blob(&other, &loose, &blob(4)).await;
+    assert!(matches!(refused, Err(MetadataError::BlobBeingRemoved(ref d)) if *d == loose), "{refused:?}");
+    assert_eq!(store.blob_in_repository(&other, &loose).await.unwrap(), None);
+    assert_eq!(store.mount_blob(&r, &other, &loose).await.unwrap(), None);
+    let late = manifest("gc/r", "late", vec![(loose.clone(), 4)]);
+    assert_eq!(store.put_manifest(&late, &[]).await.unwrap(), PutManifest::Missing(vec![loose.clone()]));
+    // A removal cut short is found again, and can be begun again.
+    assert!(collectable(&*store, hour_ago).await.contains(&loose));
+    assert_eq!(store.begin_blob_removal(&loose, hour_ago).await.unwrap(), Some(blob(4)));
+    store.finish_blob_removal(&loose).await.unwrap();
+    assert!(!collectable(&*store, SystemTime::now()).await.contains(&loose));
+    assert_eq!(store.link_stored_blob(&other, &loose, 4).await.unwrap(), None);
+    // Stored again after its removal, it is a new blob.
+    store.link_blob(&other, &loose, &blob(4)).await.unwrap();
+    assert_eq!(store.blob_in_repository(&other, &loose).await.unwrap(), Some(blob(4)));
+
+    // Once its last manifest is deleted, a layer is collectable.
+    assert!(store.delete_manifest(&r, &m.digest).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let now = SystemTime::now();
+    assert!(collectable(&*store, now).await.contains(&used));
+    assert_eq!(store.begin_blob_removal(&used, now).await.unwrap(), Some(blob(4)));
+    store.finish_blob_removal(&used).await.unwrap();
+    assert_eq!(store.blob_in_repository(&r, &used).await.unwrap(), None);
+}
+
 async fn sqlite() -> (Arc<dyn MetadataStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
@@ -169,6 +247,7 @@ macro_rules! metadata_store_contract {
                 manifests_and_tags,
                 listings_are_sorted_and_paged,
                 referrers_by_subject_and_artifact_type,
+                blobs_nothing_references_are_collected_and_nothing_else,
             ]
         );
     };

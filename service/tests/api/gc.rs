@@ -1,0 +1,78 @@
+//! `berth gc` run as an operator runs it: the real binary, against the data directory of a
+//! registry that keeps serving.
+
+use std::path::Path;
+
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+/// Runs `berth gc` on the embedded default in `data_dir`; returns what it printed.
+fn berth_gc(data_dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .env_clear()
+        .arg("gc")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("berth gc runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "berth gc failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// Files under the filesystem store's committed blobs.
+fn stored_blobs(data_dir: &Path) -> usize {
+    fn count(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .map_or(0, |entries| entries.flatten().map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 }).sum())
+    }
+    count(&data_dir.join("blobs"))
+}
+
+#[tokio::test]
+async fn gc_removes_what_no_manifest_references_and_keeps_the_rest() {
+    let app = spawn_app().await;
+    let dir = app.dir.path();
+    let shared_a = app.push_image("gc/a", "v1", "shared").await;
+    app.push_image("gc/b", "v1", "shared").await;
+    let alone = app.push_image("gc/c", "v1", "alone").await;
+    let loose = app.push_blob("gc/c", b"a layer whose manifest never came").await;
+    assert_eq!(stored_blobs(dir), 5);
+
+    // Nothing is older than the default grace time of a day.
+    assert_eq!(app.delete(&format!("/v2/gc/c/manifests/{}", alone.digest)).await.status(), StatusCode::ACCEPTED);
+    let out = berth_gc(dir, &[]);
+    assert!(out.contains("removed 0 unreferenced blob(s)"), "{out}");
+    assert_eq!(stored_blobs(dir), 5);
+
+    // A dry run names what would go and removes nothing.
+    let out = berth_gc(dir, &["--grace", "0s", "--dry-run"]);
+    assert!(out.contains("would remove 3 unreferenced blob(s)"), "{out}");
+    assert_eq!(stored_blobs(dir), 5);
+
+    // The deleted image's config and layer and the loose blob go; the layers that the image in
+    // gc/b still references stay, in gc/a too, although gc/a's manifest is gone as well.
+    assert_eq!(app.delete(&format!("/v2/gc/a/manifests/{}", shared_a.digest)).await.status(), StatusCode::ACCEPTED);
+    let out = berth_gc(dir, &["--grace", "0s"]);
+    assert!(out.contains("removed 3 unreferenced blob(s)"), "{out}");
+    assert_eq!(stored_blobs(dir), 2);
+    for (repo, digest) in [("gc/c", &alone.layer_digest), ("gc/c", &loose)] {
+        let r = app.get(&format!("/v2/{repo}/blobs/{digest}")).await;
+        assert_error(r, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
+    }
+    for repo in ["gc/a", "gc/b"] {
+        let r = app.get(&format!("/v2/{repo}/blobs/{}", shared_a.layer_digest)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(sha256(&r.bytes().await.unwrap()), shared_a.layer_digest);
+    }
+    assert_eq!(app.get("/v2/gc/b/manifests/v1").await.status(), StatusCode::OK);
+
+    // What was removed can be pushed again, and is whole.
+    let again = app.push_image("gc/c", "v2", "alone").await;
+    assert_eq!(again.layer_digest, alone.layer_digest);
+    let r = app.get(&format!("/v2/gc/c/blobs/{}", again.layer_digest)).await;
+    assert_eq!(sha256(&r.bytes().await.unwrap()), again.layer_digest);
+    assert_eq!(stored_blobs(dir), 4);
+}
