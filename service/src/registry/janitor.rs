@@ -52,7 +52,7 @@ impl Registry {
     /// `grace` must be longer than any push takes). Safe while the registry serves: see
     /// `MetadataStore::begin_blob_removal`. A collection cut short is finished by the next.
     pub async fn collect_blobs(&self, grace: Duration, dry_run: bool) -> Result<Collected, Error> {
-        let cutoff = SystemTime::now() - grace;
+        let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
         let mut collected = Collected::default();
         let mut after: Option<Digest> = None;
         loop {
