@@ -304,7 +304,7 @@ impl Settings {
         shown
     }
 
-    /// Checks what the types cannot: settings that only make sense together.
+    /// Checks what the types cannot: ranges, and settings that only make sense together.
     pub fn validate(&self) -> Result<(), String> {
         if self.storage == StorageKind::S3 && self.s3_bucket.as_deref().is_none_or(str::is_empty) {
             return Err("BERTH_STORAGE=s3 needs BERTH_S3_BUCKET".into());
@@ -317,6 +317,22 @@ impl Settings {
         }
         if self.s3_access_key_id.is_some() != self.s3_secret_access_key.is_some() {
             return Err("BERTH_S3_ACCESS_KEY_ID and BERTH_S3_SECRET_ACCESS_KEY go together".into());
+        }
+        // Durations in seconds: zero would expire everything at once, and beyond a year they
+        // overflow the clock arithmetic of the stores. Presigned URLs live a week at most (SigV4).
+        let durations = [
+            ("BERTH_UPLOAD_IDLE_TIMEOUT", self.upload_idle_timeout, YEAR),
+            ("BERTH_UPLOAD_LOCK_TTL", self.upload_lock_ttl, YEAR),
+            ("BERTH_BODY_IDLE_TIMEOUT", self.body_idle_timeout, YEAR),
+            ("BERTH_SHUTDOWN_TIMEOUT", self.shutdown_timeout, YEAR),
+            ("BERTH_TOKEN_TTL", self.token_ttl, YEAR),
+            ("BERTH_LOGIN_FAILURE_WINDOW", self.login_failure_window, YEAR),
+            ("BERTH_S3_PRESIGN_EXPIRY", self.s3_presign_expiry, 7 * 24 * 3600),
+        ];
+        for (name, value, max) in durations {
+            if !(1..=max).contains(&value) {
+                return Err(format!("{name} is {value} but must be between 1 and {max} seconds"));
+            }
         }
         // The lock is renewed every third of its TTL while bytes flow; a body that stalls for
         // the body timeout right after a renewal must fail before the lock runs out.
@@ -372,6 +388,9 @@ impl Settings {
 }
 
 /// `scheme://user:secret@host/…` → `scheme://user:***@host/…` (also `scheme://:secret@…`).
+/// A year in seconds: the longest duration setting accepted.
+const YEAR: u64 = 365 * 24 * 3600;
+
 fn mask_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
     let Some((credentials, host)) = rest.rsplit_once('@') else { return url.to_owned() };
@@ -435,6 +454,18 @@ mod tests {
             jail.set_env("BERTH_DELETE", "perhaps");
             let e = Settings::load(None, &Overrides::default()).expect_err("not a bool");
             assert!(e.to_string().to_lowercase().contains("delete"), "{e}");
+            jail.set_env("BERTH_DELETE", "true");
+            for (name, value) in [
+                ("BERTH_UPLOAD_IDLE_TIMEOUT", "0"),
+                ("BERTH_UPLOAD_IDLE_TIMEOUT", "99999999999"),
+                ("BERTH_S3_PRESIGN_EXPIRY", "604801"),
+            ] {
+                jail.set_env(name, value);
+                let e = Settings::load(None, &Overrides::default()).expect_err("out of range");
+                assert!(e.to_string().contains(name), "{name}={value}: {e}");
+                jail.set_env(name, "600");
+            }
+            Settings::load(None, &Overrides::default()).expect("in range again");
             Ok(())
         });
     }

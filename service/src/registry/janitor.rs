@@ -17,7 +17,7 @@ pub struct Collected {
 impl Registry {
     /// One sweep; returns how many uploads were discarded.
     pub async fn sweep_uploads(&self) -> usize {
-        let cutoff = SystemTime::now() - self.policy.upload_idle_timeout;
+        let cutoff = SystemTime::now().checked_sub(self.policy.upload_idle_timeout).unwrap_or(SystemTime::UNIX_EPOCH);
         let uploads = match self.blobs.list_uploads().await {
             Ok(u) => u,
             Err(e) => {
