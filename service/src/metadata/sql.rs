@@ -110,20 +110,15 @@ impl SqlMetadata {
         .map_err(db_error)
     }
 
-    /// `sql` as is on SQLite, whose write transactions exclude each other anyway, or with
-    /// the row-locking clause `postgres` on PostgreSQL. Rows are locked where a blob's
-    /// removal and a transaction that links or references it must not interleave: the
-    /// removal locks the blob's row `FOR UPDATE`, the others `FOR SHARE`.
-    fn locking(&self, sql: &'static str, postgres: &'static str) -> &'static str {
+    /// A statement made by [`with_lock`]: as is on SQLite, whose write transactions exclude
+    /// each other anyway, or with its row-locking clause on PostgreSQL. Rows are locked where
+    /// a blob's removal and a transaction that links or references it must not interleave:
+    /// the removal locks the blob's row `FOR UPDATE`, the others `FOR SHARE`.
+    fn locking(&self, (sqlite, postgres): (&'static str, &'static str)) -> &'static str {
         match self.dialect {
-            Dialect::Sqlite => sql,
+            Dialect::Sqlite => sqlite,
             Dialect::Postgres => postgres,
         }
-    }
-
-    fn shared_blob_row(&self) -> &'static str {
-        let (sqlite, postgres) = BLOB_ROW_SHARED;
-        self.locking(sqlite, postgres)
     }
 }
 
@@ -160,10 +155,17 @@ const LINKED_BLOB_SIZE_SHARED: (&str, &str) = with_lock!(
     "FOR SHARE OF b"
 );
 
-/// A blob row read with [`blob_row_sql`]: its record, and whether its removal began.
-fn blob_row(row: &AnyRow) -> Result<(BlobRecord, bool), MetadataError> {
-    let deleting: Option<i64> = column(row, 2)?;
-    Ok((blob_columns(row)?, deleting.is_some()))
+/// The blob's row read with `sql`, one of [`BLOB_ROW_SHARED`] or [`BLOB_ROW_EXCLUSIVE`] for the
+/// dialect: its record, and whether its removal began.
+async fn blob_row(
+    tx: &mut Transaction<'static, Any>,
+    sql: &'static str,
+    digest: &Digest,
+) -> Result<Option<(BlobRecord, bool)>, MetadataError> {
+    let row = sqlx::query(sql).bind(digest.as_str()).fetch_optional(&mut **tx).await.map_err(db_error)?;
+    let Some(row) = row else { return Ok(None) };
+    let deleting: Option<i64> = column(&row, 2)?;
+    Ok(Some((blob_columns(&row)?, deleting.is_some())))
 }
 
 fn millis(time: SystemTime) -> i64 {
@@ -236,6 +238,22 @@ async fn repository_id(tx: &mut Transaction<'static, Any>, name: &RepoName) -> R
     column(&row, 0)
 }
 
+/// Links a blob to the repository, or renews the link's time (which the garbage collector's
+/// grace time counts from). The caller holds the blob's row, found not being removed.
+async fn add_link(tx: &mut Transaction<'static, Any>, repository: i64, digest: &Digest) -> Result<(), MetadataError> {
+    sqlx::query(
+        "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at",
+    )
+    .bind(repository)
+    .bind(digest.as_str())
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
 /// Records the blob if it is new and links it to the repository; the record that stays.
 /// `lock_row` is [`BLOB_ROW_SHARED`] for the dialect: between finding the row (or adding it)
 /// and linking it, the garbage collector must not delete it.
@@ -246,34 +264,23 @@ async fn link(
     digest: &Digest,
     blob: &BlobRecord,
 ) -> Result<BlobRecord, MetadataError> {
-    let now = now_ms();
     sqlx::query(
         "INSERT INTO blobs (digest, size, location, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING",
     )
     .bind(digest.as_str())
     .bind(blob.size as i64)
     .bind(blob.location.as_deref())
-    .bind(now)
+    .bind(now_ms())
     .execute(&mut **tx)
     .await
     .map_err(db_error)?;
-    let row = sqlx::query(lock_row).bind(digest.as_str()).fetch_optional(&mut **tx).await.map_err(db_error)?;
     // No row: the one the insert found was being removed, and is gone now; asked again, the
     // insert adds a new one.
-    let record = match row.as_ref().map(blob_row).transpose()? {
+    let record = match blob_row(tx, lock_row, digest).await? {
         None | Some((_, true)) => return Err(MetadataError::BlobBeingRemoved(digest.clone())),
         Some((record, false)) => record,
     };
-    sqlx::query(
-        "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at",
-    )
-    .bind(repository)
-    .bind(digest.as_str())
-    .bind(now)
-    .execute(&mut **tx)
-    .await
-    .map_err(db_error)?;
+    add_link(tx, repository, digest).await?;
     Ok(record)
 }
 
@@ -308,7 +315,7 @@ impl MetadataStore for SqlMetadata {
     ) -> Result<BlobRecord, MetadataError> {
         let mut tx = self.begin().await?;
         let id = repository_id(&mut tx, repository).await?;
-        let stored = link(&mut tx, self.shared_blob_row(), id, digest, blob).await?;
+        let stored = link(&mut tx, self.locking(BLOB_ROW_SHARED), id, digest, blob).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(stored)
     }
@@ -320,19 +327,14 @@ impl MetadataStore for SqlMetadata {
         size: u64,
     ) -> Result<Option<BlobRecord>, MetadataError> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query(self.shared_blob_row())
-            .bind(digest.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let record = match row.as_ref().map(blob_row).transpose()? {
+        let record = match blob_row(&mut tx, self.locking(BLOB_ROW_SHARED), digest).await? {
             None => return Ok(None),
             Some((_, true)) => return Err(MetadataError::BlobBeingRemoved(digest.clone())),
             Some((record, false)) if record.size != size => return Ok(None),
             Some((record, false)) => record,
         };
         let id = repository_id(&mut tx, repository).await?;
-        let record = link(&mut tx, self.shared_blob_row(), id, digest, &record).await?;
+        add_link(&mut tx, id, digest).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(Some(record))
     }
@@ -366,13 +368,7 @@ impl MetadataStore for SqlMetadata {
         cutoff: SystemTime,
     ) -> Result<Option<BlobRecord>, MetadataError> {
         let mut tx = self.begin().await?;
-        let (sqlite, postgres) = BLOB_ROW_EXCLUSIVE;
-        let row = sqlx::query(self.locking(sqlite, postgres))
-            .bind(digest.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let record = match row.as_ref().map(blob_row).transpose()? {
+        let record = match blob_row(&mut tx, self.locking(BLOB_ROW_EXCLUSIVE), digest).await? {
             None => return Ok(None),
             Some((record, true)) => return Ok(Some(record)),
             Some((record, false)) => record,
@@ -442,8 +438,8 @@ impl MetadataStore for SqlMetadata {
 
     async fn mount_blob(&self, from: &RepoName, to: &RepoName, digest: &Digest) -> Result<Option<u64>, MetadataError> {
         let mut tx = self.begin().await?;
-        let (sqlite, postgres) = BLOB_IN_REPOSITORY_SHARED;
-        let row = sqlx::query(self.locking(sqlite, postgres))
+        // Locks the blob's row, found not being removed: it can be linked as it is.
+        let row = sqlx::query(self.locking(BLOB_IN_REPOSITORY_SHARED))
             .bind(from.as_str())
             .bind(digest.as_str())
             .fetch_optional(&mut *tx)
@@ -452,7 +448,7 @@ impl MetadataStore for SqlMetadata {
         let Some(row) = row else { return Ok(None) };
         let blob = blob_columns(&row)?;
         let id = repository_id(&mut tx, to).await?;
-        link(&mut tx, self.shared_blob_row(), id, digest, &blob).await?;
+        add_link(&mut tx, id, digest).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(Some(blob.size))
     }
@@ -474,8 +470,7 @@ impl MetadataStore for SqlMetadata {
         let mut tx = self.begin().await?;
         let id = repository_id(&mut tx, &m.repository).await?;
         let (mut missing, mut wrong_size) = (Vec::new(), Vec::new());
-        let (sqlite, postgres) = LINKED_BLOB_SIZE_SHARED;
-        let blob_size = self.locking(sqlite, postgres);
+        let blob_size = self.locking(LINKED_BLOB_SIZE_SHARED);
         let manifest_size = "SELECT size FROM manifests WHERE repository_id = $1 AND digest = $2";
         let wanted = m.blobs.iter().map(|r| (r, blob_size)).chain(m.manifests.iter().map(|r| (r, manifest_size)));
         for ((digest, size), query) in wanted {
