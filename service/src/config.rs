@@ -387,10 +387,10 @@ impl Settings {
     }
 }
 
-/// `scheme://user:secret@host/…` → `scheme://user:***@host/…` (also `scheme://:secret@…`).
 /// A year in seconds: the longest duration setting accepted.
 const YEAR: u64 = 365 * 24 * 3600;
 
+/// `scheme://user:secret@host/…` → `scheme://user:***@host/…` (also `scheme://:secret@…`).
 fn mask_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
     let Some((credentials, host)) = rest.rsplit_once('@') else { return url.to_owned() };
