@@ -94,16 +94,20 @@ impl TestApp {
         location(&r)
     }
 
-    /// Pushes a blob in one request; returns its digest.
-    pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> Digest {
-        let digest = sha256(bytes);
-        let r = self
-            .request(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"))
+    /// A monolithic blob upload: one `POST ?digest=` with the bytes.
+    pub async fn post_blob(&self, repo: &str, digest: &Digest, bytes: &[u8]) -> Response {
+        self.request(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"))
             .header("Content-Type", "application/octet-stream")
             .body(bytes.to_vec())
             .send()
             .await
-            .expect("POST");
+            .expect("POST")
+    }
+
+    /// Pushes a blob in one request; returns its digest.
+    pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> Digest {
+        let digest = sha256(bytes);
+        let r = self.post_blob(repo, &digest, bytes).await;
         assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap_or_default());
         digest
     }

@@ -85,11 +85,8 @@ async fn the_same_blob_pushed_at_once_through_two_replicas_is_stored_once() {
         // Monolithic pushes name the digest up front and race for the same key.
         let small = pattern(2000 + round);
         let digest = sha256(&small);
-        let post = |app: &TestApp| {
-            app.request(Method::POST, &format!("/v2/race/m/blobs/uploads/?digest={digest}")).body(small.clone()).send()
-        };
-        let (ra, rb) = tokio::join!(post(&a), post(&b));
-        assert_eq!((ra.unwrap().status(), rb.unwrap().status()), (StatusCode::CREATED, StatusCode::CREATED));
+        let (ra, rb) = tokio::join!(a.post_blob("race/m", &digest, &small), b.post_blob("race/m", &digest, &small));
+        assert_eq!((ra.status(), rb.status()), (StatusCode::CREATED, StatusCode::CREATED));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let keys = s3support::keys(&shared.bucket).await;
@@ -247,12 +244,7 @@ async fn losing_redis_loses_the_uploads_in_progress_and_nothing_else() {
 async fn push_retrying(app: &TestApp, bytes: &[u8]) -> berth::oci::Digest {
     let digest = sha256(bytes);
     for _ in 0..20 {
-        let r = app
-            .request(Method::POST, &format!("/v2/gcrace/blobs/uploads/?digest={digest}"))
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .unwrap();
+        let r = app.post_blob("gcrace", &digest, bytes).await;
         match r.status() {
             StatusCode::CREATED => return digest,
             StatusCode::SERVICE_UNAVAILABLE => continue,

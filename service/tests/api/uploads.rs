@@ -33,13 +33,7 @@ async fn single_post_with_digest_stores_the_blob() {
     let app = spawn_app().await;
     let blob = pattern(1000);
     let digest = sha256(&blob);
-    let r = app
-        .request(Method::POST, &format!("/v2/a/blobs/uploads/?digest={digest}"))
-        .header("Content-Type", "application/octet-stream")
-        .body(blob.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_blob("a", &digest, &blob).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(location(&r), format!("/v2/a/blobs/{digest}"));
     assert_eq!(header(&r, "docker-content-digest"), Some(digest.as_str()));
@@ -158,12 +152,7 @@ async fn a_wrong_digest_discards_the_upload_and_stores_nothing() {
     assert_eq!(app.head(&format!("/v2/a/blobs/{}", sha256(&blob))).await.status(), StatusCode::NOT_FOUND);
     assert_error(app.get(&location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
     // A single POST with a wrong digest stores nothing either.
-    let r = app
-        .request(Method::POST, &format!("/v2/a/blobs/uploads/?digest={wrong}"))
-        .body(blob.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_blob("a", &wrong, &blob).await;
     assert_error(r, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
     assert_eq!(app.head(&format!("/v2/a/blobs/{wrong}")).await.status(), StatusCode::NOT_FOUND);
     let leftover = std::fs::read_dir(app.dir.path().join("uploads")).unwrap().count();
@@ -212,8 +201,7 @@ async fn sha512_blobs_chunked_and_monolithic() {
     // Single POST.
     let third = pattern(333);
     let digest = Digest::compute(Algorithm::Sha512, &third);
-    let r =
-        app.request(Method::POST, &format!("/v2/c/blobs/uploads/?digest={digest}")).body(third).send().await.unwrap();
+    let r = app.post_blob("c", &digest, &third).await;
     assert_eq!(r.status(), StatusCode::CREATED);
 }
 
