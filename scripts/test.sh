@@ -11,10 +11,10 @@ cd "$(dirname "$0")/.."
 sudo=()
 [ "$(id -u)" = 0 ] || sudo=(sudo)
 
-# Debian packages: the real clients (skopeo, umoci, podman) and the servers (PostgreSQL,
-# Redis, nginx).
+# Debian packages: the real clients (skopeo, umoci, podman, containerd) and the servers
+# (PostgreSQL, Redis, nginx).
 missing=()
-for pair in skopeo:skopeo umoci:umoci podman:podman jq:jq curl:curl redis-server:redis-server nginx:nginx; do
+for pair in skopeo:skopeo umoci:umoci podman:podman ctr:containerd jq:jq curl:curl redis-server:redis-server nginx:nginx; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair##*:}")
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real clients against Berth with authentication on, in Basic mode and in token mode: skopeo
-# (--creds), oras (login) and podman (login, push, pull). alice may do everything; bob may
-# only pull, and a push as bob is refused.
+# (--creds), oras (login), podman (login, push, pull) and containerd's ctr (--user). alice
+# may do everything; bob may only pull, and a push as bob is refused.
 #
 # usage: auth.sh BERTH_BINARY
 set -euo pipefail
@@ -10,9 +10,12 @@ berth=$(realpath "${1:?usage: auth.sh BERTH_BINARY}")
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/berth-auth.XXXXXX)
 pid=
+# shellcheck source=service/tests/e2e/containerd.sh
+. "$here/containerd.sh"
 cleanup() {
     status=$?
     [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    stop_containerd || true
     if [ $status -ne 0 ]; then
         echo "--- last lines of the berth log ---"
         tail -n 30 "$work/berth.log" 2>/dev/null || true
@@ -63,6 +66,11 @@ start() { # MODE
 }
 
 skopeo=(skopeo --insecure-policy)
+with_ctr=
+if command -v containerd >/dev/null && command -v ctr >/dev/null; then
+    start_containerd "$work"
+    with_ctr=1
+fi
 for mode in basic token; do
     start "$mode"
     challenge=$(curl -s -D - -o /dev/null "http://$reg/v2/" | awk 'tolower($1)=="www-authenticate:" {print $2}')
@@ -102,6 +110,23 @@ for mode in basic token; do
     "${podman[@]}" rmi -a -f >/dev/null 2>&1 || true
     rm -rf "/tmp/pra.$$"
     ok "$mode mode, podman: login and push as alice, pull as bob; bob's push and a wrong password refused"
+
+    if [ -n "$with_ctr" ]; then
+        ctr_pull=("${ctr[@]}" images pull --plain-http --snapshotter native)
+        if "${ctr_pull[@]}" "$reg/team/app:v1" >/dev/null 2>&1; then fail "$mode: ctr pulled anonymously"; fi
+        if "${ctr_pull[@]}" --user bob:nope "$reg/team/app:v1" >/dev/null 2>&1; then
+            fail "$mode: ctr pulled with a wrong password"
+        fi
+        "${ctr_pull[@]}" --user bob:bob-secret "$reg/team/app:v1" >/dev/null || fail "$mode: ctr pull as bob"
+        "${ctr[@]}" images tag --force "$reg/team/app:v1" "$reg/team/ctr-$mode:v1" >/dev/null
+        if "${ctr[@]}" images push --plain-http --user bob:bob-secret "$reg/team/ctr-$mode:v1" >/dev/null 2>&1; then
+            fail "$mode: ctr pushed as bob"
+        fi
+        "${ctr[@]}" images push --plain-http --user alice:alice-secret "$reg/team/ctr-$mode:v1" >/dev/null ||
+            fail "$mode: ctr push as alice"
+        "${skopeo[@]}" inspect --tls-verify=false --creds bob:bob-secret "docker://$reg/team/ctr-$mode:v1" >/dev/null
+        ok "$mode mode, containerd (ctr): pull as bob, push as alice; anonymous, a wrong password and bob's push refused"
+    fi
 
     grep -qiE 'alice-secret|bob-secret' "$work/berth.log" && fail "$mode: a password appears in the log"
     kill "$pid"

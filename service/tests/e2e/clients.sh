@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Real clients against a real Berth on the embedded default: umoci builds images without a
 # daemon, skopeo pushes, pulls, copies (cross-repository mount), pushes a multi-arch index,
-# lists tags and deletes; oras pushes a chunked artifact and a referrer; podman pushes and
-# pulls.
+# lists tags and deletes; oras pushes a chunked artifact and a referrer; podman and containerd
+# (ctr) push and pull.
 #
 # usage: clients.sh BERTH_BINARY
 #
@@ -16,9 +16,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/berth-e2e.XXXXXX)
 pid=
 logs=()
+# shellcheck source=service/tests/e2e/containerd.sh
+. "$here/containerd.sh"
 cleanup() {
     status=$?
     [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    stop_containerd || true
     if [ $status -ne 0 ]; then
         for log in "${logs[@]}"; do
             echo "--- last lines of $log ---"
@@ -154,6 +157,23 @@ if command -v podman >/dev/null; then
     "${podman[@]}" rmi -a -f >/dev/null
     rm -rf "/tmp/pr.$$"
     ok "podman: pulled, pushed to a new repository, pulled that back"
+fi
+
+# containerd's ctr, as a Kubernetes node pulls: pulling unpacks every layer (which checks each
+# against the config's diff_ids); pushing uploads to a repository that has none of the blobs.
+if command -v containerd >/dev/null && command -v ctr >/dev/null; then
+    start_containerd "$work"
+    "${ctr[@]}" images pull --plain-http --snapshotter native "$reg/e2e/app:v1" >/dev/null ||
+        fail "ctr pull of e2e/app:v1"
+    "${ctr[@]}" images pull --plain-http --snapshotter native --platform linux/arm64 \
+        "$reg/e2e/multi:latest" >/dev/null || fail "ctr pull of the arm64 variant of e2e/multi:latest"
+    "${ctr[@]}" images tag "$reg/e2e/app:v1" "$reg/e2e/containerd:v1" >/dev/null
+    "${ctr[@]}" images push --plain-http "$reg/e2e/containerd:v1" >/dev/null || fail "ctr push"
+    pushed=$("${skopeo[@]}" inspect --tls-verify=false "docker://$reg/e2e/containerd:v1" | jq -r .Digest)
+    [ "$pushed" = "$remote_digest" ] || fail "ctr pushed $pushed, expected $remote_digest"
+    "${skopeo[@]}" copy -q "${tls[@]}" "docker://$reg/e2e/containerd:v1" "oci:$work/from-ctr:v1"
+    stop_containerd
+    ok "containerd (ctr): pulled and unpacked an image and an arm64 variant, pushed to a new repository ($pushed)"
 fi
 
 # A 1 GiB blob in one streamed PATCH and back, digest checked by the client; the server's
