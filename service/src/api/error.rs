@@ -94,6 +94,7 @@ impl ApiError {
                 Error::TooManyTags { .. } => (S::URI_TOO_LONG, Code::Unsupported),
                 Error::DeleteDisabled => (S::METHOD_NOT_ALLOWED, Code::Unsupported),
                 Error::Unavailable(_) => (S::SERVICE_UNAVAILABLE, Code::Unavailable),
+                Error::StorageFull(_) => (S::INSUFFICIENT_STORAGE, Code::Unavailable),
                 Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, Code::Internal),
             },
             ApiError::NotFound(_) => (S::NOT_FOUND, Code::NameUnknown),

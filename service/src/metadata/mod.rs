@@ -20,6 +20,9 @@ pub enum MetadataError {
     /// The garbage collector is removing the blob: nothing may link it until it is done.
     #[error("blob {0} is being garbage-collected")]
     BlobBeingRemoved(Digest),
+    /// The database has no space left to write.
+    #[error("metadata store is full: {0}")]
+    Full(String),
     #[error("metadata store error: {0}")]
     Other(String),
 }

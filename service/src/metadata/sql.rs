@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use sqlx::{Any, AnyPool, Connection, Executor, Row, Transaction};
 
 use super::{
     BlobRecord, Collectable, MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer, StoredManifest,
@@ -51,8 +51,10 @@ impl SqlMetadata {
         let store = match dialect {
             Dialect::Sqlite => {
                 let pool = |max| {
-                    AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).after_connect(
-                        |conn, _| {
+                    AnyPoolOptions::new()
+                        .max_connections(max)
+                        .acquire_timeout(Duration::from_secs(30))
+                        .after_connect(|conn, _| {
                             Box::pin(async move {
                                 conn.execute(
                                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
@@ -61,8 +63,12 @@ impl SqlMetadata {
                                 .await
                                 .map(|_| ())
                             })
-                        },
-                    )
+                        })
+                        // After some errors (a full disk: SQLITE_FULL) SQLite rolls the
+                        // transaction back by itself; sqlx's own ROLLBACK then fails and leaves
+                        // the connection believing it is still in a transaction, so that every
+                        // later BEGIN on it fails. Such a connection is closed, not reused.
+                        .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
                 };
                 let writes = pool(1).connect_with(options.clone()).await.map_err(unavailable)?;
                 let reads = pool(8).connect_with(options).await.map_err(unavailable)?;
@@ -184,6 +190,10 @@ fn db_error(e: sqlx::Error) -> MetadataError {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
             MetadataError::Unavailable(e.to_string())
+        }
+        // SQLITE_FULL (13; it has no extended codes) and PostgreSQL's disk_full (53100).
+        sqlx::Error::Database(ref d) if d.code().is_some_and(|c| c == "13" || c == "53100") => {
+            MetadataError::Full(e.to_string())
         }
         other => MetadataError::Other(other.to_string()),
     }

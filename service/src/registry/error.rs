@@ -47,6 +47,10 @@ pub enum Error {
     /// A backend cannot be reached; the client may retry.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The blob store or the database has no space left: nothing more can be stored until the
+    /// operator frees some. What was stored before is untouched.
+    #[error("the registry's storage is full ({0}); nothing more can be stored until space is freed")]
+    StorageFull(String),
     /// Something that is not the client's doing; details are in the server log.
     #[error("internal error: {0}")]
     Internal(String),
@@ -70,6 +74,11 @@ impl From<StorageError> for Error {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::Unavailable(m) => Error::Unavailable(m),
+            StorageError::Io(ref io)
+                if matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) =>
+            {
+                Error::StorageFull(e.to_string())
+            }
             other => Error::Internal(other.to_string()),
         }
     }
@@ -82,6 +91,7 @@ impl From<MetadataError> for Error {
             MetadataError::BlobBeingRemoved(d) => {
                 Error::Unavailable(format!("blob {d} is being garbage-collected; try again shortly"))
             }
+            MetadataError::Full(m) => Error::StorageFull(m),
             MetadataError::Other(m) => Error::Internal(m),
         }
     }

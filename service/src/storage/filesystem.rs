@@ -237,7 +237,12 @@ fn commit(dir: &Path, target: &Path, size: u64) -> std::io::Result<()> {
 fn write_loop(mut file: File, offset: u64, mut receiver: mpsc::Receiver<Bytes>) -> std::io::Result<()> {
     let (mut written, mut unflushed_from) = (offset, offset);
     while let Some(bytes) = receiver.blocking_recv() {
-        file.write_all(&bytes)?;
+        if let Err(e) = file.write_all(&bytes) {
+            // The chunk fails and the session stays at `offset`: give back the space its bytes
+            // took now (on a full disk, everyone's uploads need it), not when the upload resumes.
+            let _ = file.set_len(offset);
+            return Err(e);
+        }
         written += bytes.len() as u64;
         if written - unflushed_from >= WRITEBACK_AFTER {
             start_writeback(&file, unflushed_from, written - unflushed_from);

@@ -17,11 +17,28 @@ pub struct TestApp {
     pub base: String,
     pub client: Client,
     pub settings: Settings,
-    pub handle: actix_web::dev::ServerHandle,
-    /// The server's own registry, for what HTTP cannot reach (the janitor).
-    pub registry: berth::registry::Registry,
+    server: Server,
     /// Keeps the data directory alive for the test's duration.
     pub dir: tempfile::TempDir,
+}
+
+enum Server {
+    /// In this process: the server's own registry is at hand for what HTTP cannot reach (the
+    /// janitor, the collector).
+    InProcess { handle: actix_web::dev::ServerHandle, registry: berth::registry::Registry },
+    /// A `berth serve` process of its own, for what a test must do to the process's
+    /// surroundings (its filesystem).
+    Process(KillOnDrop),
+}
+
+/// A child process that does not outlive its test.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -54,10 +71,30 @@ pub async fn start(settings: Settings, dir: tempfile::TempDir) -> TestApp {
         base: format!("http://{}", running.addr),
         client,
         settings,
-        handle: running.handle,
-        registry: running.registry,
+        server: Server::InProcess { handle: running.handle, registry: running.registry },
         dir,
     }
+}
+
+/// Drives a `berth serve` process that listens on `listen` (as `settings` describe it) once
+/// it answers.
+pub async fn attach(process: KillOnDrop, settings: Settings, dir: tempfile::TempDir) -> TestApp {
+    berth::install_crypto_provider();
+    let client = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let base = format!("http://{}", settings.listen);
+    let mut app = TestApp { base, client, settings, server: Server::Process(process), dir };
+    for _ in 0..200 {
+        if app.client.get(app.url("/v2/")).send().await.is_ok() {
+            return app;
+        }
+        if let Server::Process(KillOnDrop(child)) = &mut app.server
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!("berth serve exited: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("berth serve does not answer on {}", app.base);
 }
 
 impl TestApp {
@@ -81,9 +118,20 @@ impl TestApp {
         self.request(Method::DELETE, path).send().await.expect("DELETE")
     }
 
+    /// The server's registry, when it runs in this process.
+    pub fn registry(&self) -> &berth::registry::Registry {
+        match &self.server {
+            Server::InProcess { registry, .. } => registry,
+            Server::Process(_) => panic!("the server runs in a process of its own"),
+        }
+    }
+
     /// Stops the server, keeping its data directory.
     pub async fn stop(self) -> (Settings, tempfile::TempDir) {
-        self.handle.stop(true).await;
+        match self.server {
+            Server::InProcess { handle, .. } => handle.stop(true).await,
+            Server::Process(process) => drop(process),
+        }
         (self.settings, self.dir)
     }
 

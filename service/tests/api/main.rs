@@ -22,4 +22,5 @@ mod manifests;
 mod observability;
 mod s3;
 mod shared;
+mod storage_full;
 mod uploads;

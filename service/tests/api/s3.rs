@@ -219,9 +219,9 @@ async fn the_janitor_aborts_uploads_no_session_knows() {
     let r = app.request(Method::PATCH, &location).body(pattern(PART + 3)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(s3support::multipart_uploads(&bucket).await, 1);
-    assert_eq!(app.registry.sweep_uploads().await, 0, "too young to sweep");
+    assert_eq!(app.registry().sweep_uploads().await, 0, "too young to sweep");
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert_eq!(app.registry.sweep_uploads().await, 1);
+    assert_eq!(app.registry().sweep_uploads().await, 1);
     assert_eq!(s3support::multipart_uploads(&bucket).await, 0);
     assert!(s3support::keys(&bucket).await.is_empty(), "the tail is gone too");
     assert_error(app.get(&location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;

@@ -268,7 +268,7 @@ async fn gc_racing_pushes_and_deletes_never_takes_a_layer_from_a_manifest() {
     let layers: Vec<Vec<u8>> = (0..5).map(|i| pattern(20_000 + i)).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let collector = {
-        let (registry, stop) = (replicas[1].registry.clone(), stop.clone());
+        let (registry, stop) = (replicas[1].registry().clone(), stop.clone());
         async move {
             let (mut runs, mut removed) = (0, 0);
             while !stop.load(Ordering::Relaxed) {
@@ -342,7 +342,7 @@ async fn gc_racing_pushes_and_deletes_never_takes_a_layer_from_a_manifest() {
     assert!(removed > 0 && !kept.is_empty(), "the race was not run: {removed} removed, {} kept", kept.len());
 
     // One more collection after the dust settles: only what a kept manifest references stays.
-    replicas[0].registry.collect_blobs(Duration::ZERO, false).await.unwrap();
+    replicas[0].registry().collect_blobs(Duration::ZERO, false).await.unwrap();
     let mut referenced = std::collections::HashSet::new();
     for manifest in &kept {
         let parsed: Value = serde_json::from_slice(manifest).unwrap();

@@ -348,7 +348,7 @@ async fn abandoned_uploads_are_swept() {
     assert_eq!(patch(&app, &location, Some((0, 2)), b"abc").await.status(), StatusCode::ACCEPTED);
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_error(app.get(&location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
-    assert_eq!(app.registry.sweep_uploads().await, 1);
+    assert_eq!(app.registry().sweep_uploads().await, 1);
     assert_eq!(std::fs::read_dir(app.dir.path().join("uploads")).unwrap().count(), 0);
 }
 
