@@ -135,6 +135,11 @@ impl ResponseError for ApiError {
             tracing::error!(status = status.as_u16(), error = %self, "request failed");
         }
         let mut response = HttpResponse::build(status);
+        if status.is_server_error() {
+            // The request's body may be unread (a chunk cut short by the failure): close the
+            // connection after the answer rather than leave the client's upload stalled on it.
+            response.force_close();
+        }
         match self {
             ApiError::Registry(Error::UploadOutOfOrder { offset, .. }) => {
                 response.insert_header((header::RANGE, super::headers::upload_range(*offset)));
