@@ -73,6 +73,11 @@ struct GcArgs {
     /// List what would be removed (in the log) and remove nothing.
     #[arg(long)]
     dry_run: bool,
+    /// First remove the manifests that no tag keeps: untagged, older than the grace time, not
+    /// listed by a kept index and not a referrer of a kept manifest. Off by default: a
+    /// deployment may pull a manifest by digest after its tag moved on.
+    #[arg(long)]
+    untagged: bool,
 }
 
 impl ServeArgs {
@@ -154,8 +159,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = args.serve.settings()?;
             with_telemetry(settings, |settings| async move {
                 let registry = berth::server::build_registry(&settings).await?;
-                let collected = registry.collect_blobs(args.grace, args.dry_run).await?;
                 let verb = if args.dry_run { "would remove" } else { "removed" };
+                if args.untagged {
+                    let manifests = registry.collect_manifests(args.grace, args.dry_run).await?;
+                    println!("{verb} {manifests} untagged manifest(s)");
+                }
+                let collected = registry.collect_blobs(args.grace, args.dry_run).await?;
                 println!("{verb} {} unreferenced blob(s), {} bytes", collected.blobs, collected.bytes);
                 if !args.dry_run {
                     let discarded = registry.sweep_uploads().await;

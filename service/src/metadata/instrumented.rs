@@ -71,6 +71,19 @@ impl MetadataStore for Instrumented {
         timed(self.kind(), "finish_blob_removal", self.0.finish_blob_removal(digest)).await
     }
 
+    async fn unkept_manifests(&self, repository: &RepoName, cutoff: SystemTime) -> Result<Vec<Digest>, MetadataError> {
+        timed(self.kind(), "unkept_manifests", self.0.unkept_manifests(repository, cutoff)).await
+    }
+
+    async fn remove_unkept_manifest(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<bool, MetadataError> {
+        timed(self.kind(), "remove_unkept_manifest", self.0.remove_unkept_manifest(repository, digest, cutoff)).await
+    }
+
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError> {
         timed(self.kind(), "blob", self.0.blob(digest)).await
     }

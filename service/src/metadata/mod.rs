@@ -110,6 +110,9 @@ pub struct Page {
 ///   the cutoff is collectable; removing it unlinks it everywhere and marks it at once, so
 ///   that a manifest or mount racing the removal either finds it linked (and the removal
 ///   gives up) or finds it gone, never half-removed.
+/// - With `unkept_manifests`/`remove_unkept_manifest`, an untagged manifest nothing keeps is
+///   removed only while it stays so: a tag, a listing index or a push of it that commits
+///   first keeps it; a push that comes after finds it gone.
 /// - Listings are in byte order ("ASCIIbetical"), start strictly after `last`, and hold at
 ///   most `limit` items.
 #[async_trait]
@@ -160,6 +163,23 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Forgets a blob whose removal began, once its bytes are gone.
     async fn finish_blob_removal(&self, digest: &Digest) -> Result<(), MetadataError>;
+
+    /// Manifests of `repository` that nothing keeps: kept are the tagged ones, those stored
+    /// (or stored again) at or after `cutoff`, the manifests a kept index lists and the
+    /// referrers of a kept manifest. In the order [`MetadataStore::remove_unkept_manifest`]
+    /// must take them: an index before the manifests it lists, a subject before its
+    /// referrers.
+    async fn unkept_manifests(&self, repository: &RepoName, cutoff: SystemTime) -> Result<Vec<Digest>, MetadataError>;
+
+    /// Removes the manifest if, checked again in the removal's transaction, it is still not
+    /// tagged, was stored before `cutoff`, is listed by no index, and its subject (if it has
+    /// one) is gone; whether it did.
+    async fn remove_unkept_manifest(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<bool, MetadataError>;
 
     /// The blob, if it is stored (and not being removed), whichever repositories link it.
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError>;
@@ -212,4 +232,96 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<Vec<Referrer>, MetadataError>;
 
     async fn ping(&self) -> Result<(), MetadataError>;
+}
+
+/// The manifests of one repository that nothing keeps, in the order they may be removed (see
+/// [`MetadataStore::unkept_manifests`]). `manifests`: each digest, its subject, and whether
+/// it is kept in its own right (tagged, or stored since the cutoff); `lists`: each index and
+/// a manifest it lists.
+pub(crate) fn unkept(manifests: &[(Digest, Option<Digest>, bool)], lists: &[(Digest, Digest)]) -> Vec<Digest> {
+    use std::collections::{HashMap, HashSet};
+    // What keeping a manifest keeps too: what it lists, and its referrers.
+    let mut keeps: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
+    for (index, listed) in lists {
+        keeps.entry(index).or_default().push(listed);
+    }
+    for (digest, subject, _) in manifests {
+        if let Some(subject) = subject {
+            keeps.entry(subject).or_default().push(digest);
+        }
+    }
+    let mut kept: HashSet<&Digest> = HashSet::new();
+    let mut pending: Vec<&Digest> = manifests.iter().filter(|m| m.2).map(|m| &m.0).collect();
+    while let Some(digest) = pending.pop() {
+        if kept.insert(digest) {
+            pending.extend(keeps.get(digest).into_iter().flatten().filter(|d| !kept.contains(*d)));
+        }
+    }
+    // Removal order (Kahn's): an index before what it lists, so that a removal refused
+    // because the index was tagged meanwhile leaves the index whole; a subject before its
+    // referrers, which are only removed once their subject is gone.
+    let unkept: HashSet<&Digest> = manifests.iter().map(|m| &m.0).filter(|d| !kept.contains(d)).collect();
+    let mut waiting: HashMap<&Digest, usize> = unkept.iter().map(|d| (*d, 0)).collect();
+    let mut then: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
+    for (first, second) in keeps.iter().flat_map(|(first, seconds)| seconds.iter().map(move |s| (*first, *s))) {
+        if unkept.contains(first) && unkept.contains(second) {
+            then.entry(first).or_default().push(second);
+            if let Some(n) = waiting.get_mut(second) {
+                *n += 1;
+            }
+        }
+    }
+    let mut ready: Vec<&Digest> = waiting.iter().filter(|(_, n)| **n == 0).map(|(d, _)| *d).collect();
+    ready.sort_unstable_by(|a, b| b.cmp(a));
+    let mut order = Vec::with_capacity(unkept.len());
+    while let Some(digest) = ready.pop() {
+        order.push(digest.clone());
+        for next in then.get(digest).into_iter().flatten() {
+            if let Some(n) = waiting.get_mut(next) {
+                *n -= 1;
+                if *n == 0 {
+                    ready.push(next);
+                }
+            }
+        }
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Algorithm;
+
+    fn d(seed: &str) -> Digest {
+        Digest::compute(Algorithm::Sha256, seed.as_bytes())
+    }
+
+    #[test]
+    fn what_keeps_a_manifest_and_the_order_of_removal() {
+        let manifests = vec![
+            (d("tagged index"), None, true),
+            (d("child of tagged"), None, false),
+            (d("signature of child"), Some(d("child of tagged")), false),
+            (d("old index"), None, false),
+            (d("child of old"), None, false),
+            (d("signature of old"), Some(d("old index")), false),
+            (d("recent"), None, true),
+            (d("orphan signature"), Some(d("never pushed")), false),
+        ];
+        let lists = vec![
+            (d("tagged index"), d("child of tagged")),
+            (d("old index"), d("child of old")),
+            (d("old index"), d("child of tagged")),
+        ];
+        let order = unkept(&manifests, &lists);
+        let at = |seed: &str| order.iter().position(|x| *x == d(seed));
+        for kept in ["tagged index", "child of tagged", "signature of child", "recent"] {
+            assert_eq!(at(kept), None, "{kept} is kept");
+        }
+        assert_eq!(order.len(), 4, "{order:?}");
+        assert!(at("old index") < at("child of old"));
+        assert!(at("old index") < at("signature of old"));
+        assert!(at("orphan signature").is_some());
+    }
 }

@@ -160,6 +160,12 @@ const LINKED_BLOB_SIZE_SHARED: (&str, &str) = with_lock!(
      WHERE rb.repository_id = $1 AND rb.digest = $2 AND b.deleting IS NULL",
     "FOR SHARE OF b"
 );
+// A manifest an index lists, locked against its removal by `remove_unkept_manifest` (which
+// takes the row `FOR UPDATE`) until the index is stored.
+const MANIFEST_SIZE_SHARED: (&str, &str) =
+    with_lock!("SELECT size FROM manifests WHERE repository_id = $1 AND digest = $2", "FOR SHARE");
+const MANIFEST_CREATED_EXCLUSIVE: (&str, &str) =
+    with_lock!("SELECT created_at, subject FROM manifests WHERE repository_id = $1 AND digest = $2", "FOR UPDATE");
 
 /// The blob's row read with `sql`, one of [`BLOB_ROW_SHARED`] or [`BLOB_ROW_EXCLUSIVE`] for the
 /// dialect: its record, and whether its removal began.
@@ -423,6 +429,102 @@ impl MetadataStore for SqlMetadata {
         Ok(())
     }
 
+    async fn unkept_manifests(&self, repository: &RepoName, cutoff: SystemTime) -> Result<Vec<Digest>, MetadataError> {
+        let Some(row) = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+            .bind(repository.as_str())
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(Vec::new());
+        };
+        let id: i64 = column(&row, 0)?;
+        let cutoff = millis(cutoff);
+        let rows = sqlx::query(
+            "SELECT m.digest, m.subject, CAST(CASE WHEN m.created_at >= $2 \
+                 OR EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = m.repository_id \
+                            AND t.manifest_digest = m.digest) THEN 1 ELSE 0 END AS BIGINT) \
+             FROM manifests m WHERE m.repository_id = $1",
+        )
+        .bind(id)
+        .bind(cutoff)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db_error)?;
+        let mut manifests = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let subject: Option<String> = column(row, 1)?;
+            let rooted: i64 = column(row, 2)?;
+            manifests.push((digest_column(row, 0)?, subject.and_then(|s| s.parse().ok()), rooted == 1));
+        }
+        let rows = sqlx::query(
+            "SELECT manifest_digest, target_digest FROM manifest_references \
+             WHERE repository_id = $1 AND kind = 'manifest'",
+        )
+        .bind(id)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db_error)?;
+        let lists =
+            rows.iter().map(|r| Ok((digest_column(r, 0)?, digest_column(r, 1)?))).collect::<Result<Vec<_>, _>>()?;
+        Ok(super::unkept(&manifests, &lists))
+    }
+
+    async fn remove_unkept_manifest(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<bool, MetadataError> {
+        let mut tx = self.begin().await?;
+        let Some(row) = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+            .bind(repository.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(false);
+        };
+        let id: i64 = column(&row, 0)?;
+        let row = sqlx::query(self.locking(MANIFEST_CREATED_EXCLUSIVE))
+            .bind(id)
+            .bind(digest.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let Some(row) = row else { return Ok(false) };
+        let created_at: i64 = column(&row, 0)?;
+        let subject: Option<String> = column(&row, 1)?;
+        if created_at >= millis(cutoff) {
+            return Ok(false);
+        }
+        // Asked under the row lock: a tag, an index or a referrer's subject that committed
+        // since the listing shows now.
+        let kept = sqlx::query(
+            "SELECT 1 WHERE EXISTS (SELECT 1 FROM tags WHERE repository_id = $1 AND manifest_digest = $2) \
+             OR EXISTS (SELECT 1 FROM manifest_references WHERE repository_id = $1 AND target_digest = $2 \
+                        AND kind = 'manifest') \
+             OR EXISTS (SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $3)",
+        )
+        .bind(id)
+        .bind(digest.as_str())
+        .bind(subject.as_deref().unwrap_or(""))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if kept.is_some() {
+            return Ok(false);
+        }
+        for sql in [
+            "DELETE FROM manifest_references WHERE repository_id = $1 AND manifest_digest = $2",
+            "DELETE FROM manifests WHERE repository_id = $1 AND digest = $2",
+        ] {
+            sqlx::query(sql).bind(id).bind(digest.as_str()).execute(&mut *tx).await.map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError> {
         let row = sqlx::query("SELECT size, location FROM blobs WHERE digest = $1 AND deleting IS NULL")
             .bind(digest.as_str())
@@ -481,7 +583,7 @@ impl MetadataStore for SqlMetadata {
         let id = repository_id(&mut tx, &m.repository).await?;
         let (mut missing, mut wrong_size) = (Vec::new(), Vec::new());
         let blob_size = self.locking(LINKED_BLOB_SIZE_SHARED);
-        let manifest_size = "SELECT size FROM manifests WHERE repository_id = $1 AND digest = $2";
+        let manifest_size = self.locking(MANIFEST_SIZE_SHARED);
         let wanted = m.blobs.iter().map(|r| (r, blob_size)).chain(m.manifests.iter().map(|r| (r, manifest_size)));
         for ((digest, size), query) in wanted {
             let row =
@@ -502,7 +604,7 @@ impl MetadataStore for SqlMetadata {
         sqlx::query(
             "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, \
              size, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (repository_id, digest) DO NOTHING",
+             ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at",
         )
         .bind(id)
         .bind(m.digest.as_str())

@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::{Error, Registry};
-use crate::oci::Digest;
+use crate::oci::{Digest, RepoName};
 
 /// What a blob collection removed, or would remove on a dry run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,6 +45,36 @@ impl Registry {
             tracing::info!(discarded, "janitor discarded abandoned uploads");
         }
         discarded
+    }
+
+    /// Removes, in every repository, the manifests that nothing keeps (see
+    /// `MetadataStore::unkept_manifests`) and that were last pushed before `grace` ago;
+    /// returns how many it removed (or would remove, on a dry run). Their blobs are left to
+    /// [`Registry::collect_blobs`].
+    pub async fn collect_manifests(&self, grace: Duration, dry_run: bool) -> Result<u64, Error> {
+        let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut removed = 0;
+        let mut last: Option<String> = None;
+        loop {
+            let page = self.metadata.list_repositories(last.as_deref(), 500).await?;
+            for name in &page.items {
+                let Ok(repository) = name.parse::<RepoName>() else { continue };
+                for digest in self.metadata.unkept_manifests(&repository, cutoff).await? {
+                    if dry_run {
+                        tracing::info!(repository = %repository, digest = %digest, "would remove manifest");
+                        removed += 1;
+                    } else if self.metadata.remove_unkept_manifest(&repository, &digest, cutoff).await? {
+                        tracing::info!(repository = %repository, digest = %digest, "removed manifest");
+                        removed += 1;
+                    }
+                }
+            }
+            if !page.more {
+                break;
+            }
+            last = page.items.last().cloned();
+        }
+        Ok(removed)
     }
 
     /// Removes the blobs that no manifest in any repository references and that no repository

@@ -76,3 +76,31 @@ async fn gc_removes_what_no_manifest_references_and_keeps_the_rest() {
     assert_eq!(sha256(&r.bytes().await.unwrap()), again.layer_digest);
     assert_eq!(stored_blobs(dir), 4);
 }
+
+#[tokio::test]
+async fn gc_untagged_removes_the_manifests_no_tag_keeps_and_then_their_blobs() {
+    let app = spawn_app().await;
+    let dir = app.dir.path();
+    let old = app.push_image("gc/app", "latest", "yesterday's build").await;
+    let current = app.push_image("gc/app", "latest", "today's build").await;
+    assert_eq!(stored_blobs(dir), 4);
+
+    // Without --untagged, an untagged manifest stays, and so do its blobs.
+    let out = berth_gc(dir, &["--grace", "0s"]);
+    assert!(out.contains("removed 0 unreferenced blob(s)") && !out.contains("manifest"), "{out}");
+    let old_path = format!("/v2/gc/app/manifests/{}", old.digest);
+    assert_eq!(app.get(&old_path).await.status(), StatusCode::OK);
+
+    let out = berth_gc(dir, &["--grace", "0s", "--untagged", "--dry-run"]);
+    assert!(out.contains("would remove 1 untagged manifest(s)"), "{out}");
+    assert_eq!(app.get(&old_path).await.status(), StatusCode::OK);
+
+    // With it, the manifest the tag moved away from goes, then its config and layer.
+    let out = berth_gc(dir, &["--grace", "0s", "--untagged"]);
+    assert!(out.contains("removed 1 untagged manifest(s)") && out.contains("removed 2 unreferenced blob(s)"), "{out}");
+    assert_error(app.get(&old_path).await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    assert_eq!(stored_blobs(dir), 2);
+    assert_eq!(app.get("/v2/gc/app/manifests/latest").await.bytes().await.unwrap(), current.bytes);
+    let r = app.get(&format!("/v2/gc/app/blobs/{}", current.layer_digest)).await;
+    assert_eq!(sha256(&r.bytes().await.unwrap()), current.layer_digest);
+}

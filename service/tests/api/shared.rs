@@ -254,10 +254,11 @@ async fn push_retrying(app: &TestApp, bytes: &[u8]) -> berth::oci::Digest {
     panic!("blob push kept getting 503");
 }
 
-/// Garbage collection running flat out with next to no grace time while two replicas push images
-/// that share layers and delete some of them: every manifest push is stored whole or refused
-/// (`MANIFEST_BLOB_UNKNOWN` when a layer was collected before its manifest came), and no
-/// stored manifest ever loses a layer.
+/// Garbage collection (untagged manifests, then blobs) running flat out with next to no grace
+/// time while two replicas push images that share layers, each by digest and then listed by a
+/// tagged index, and delete some indexes: every push is stored whole or refused
+/// (`MANIFEST_BLOB_UNKNOWN` when a layer or the image was collected before what names it
+/// came), and no stored index ever loses its image nor an image a layer.
 #[tokio::test]
 async fn gc_racing_pushes_and_deletes_never_takes_a_layer_from_a_manifest() {
     use std::sync::Arc;
@@ -270,16 +271,17 @@ async fn gc_racing_pushes_and_deletes_never_takes_a_layer_from_a_manifest() {
     let collector = {
         let (registry, stop) = (replicas[1].registry().clone(), stop.clone());
         async move {
-            let (mut runs, mut removed) = (0, 0);
+            let (mut runs, mut removed, mut removed_manifests) = (0, 0, 0);
             while !stop.load(Ordering::Relaxed) {
                 // Every fourth collection with no grace time at all, the others with about as much
                 // as a push takes; pauses in between, so that some pushes finish unharmed.
                 let grace = Duration::from_millis([0, 200, 200, 200][runs % 4]);
+                removed_manifests += registry.collect_manifests(grace, false).await.expect("collection");
                 removed += registry.collect_blobs(grace, false).await.expect("collection").blobs;
                 tokio::time::sleep(Duration::from_millis([0, 10, 10, 30][runs % 4])).await;
                 runs += 1;
             }
-            (runs, removed)
+            (runs, removed, removed_manifests)
         }
     };
     let pusher = |worker: usize| {
@@ -307,28 +309,40 @@ async fn gc_racing_pushes_and_deletes_never_takes_a_layer_from_a_manifest() {
                         "layers": descriptors,
                     }))
                     .unwrap();
-                    let r = put.put_manifest("gcrace", &format!("w{worker}-{round}"), OCI_MANIFEST, &manifest).await;
-                    match r.status() {
-                        StatusCode::CREATED if round % 3 == 0 => {
-                            let r = push.delete(&format!("/v2/gcrace/manifests/{}", sha256(&manifest))).await;
-                            assert_eq!(r.status(), StatusCode::ACCEPTED);
+                    let image = sha256(&manifest);
+                    let r = put.put_manifest("gcrace", image.as_str(), OCI_MANIFEST, &manifest).await;
+                    let r = if r.status() == StatusCode::CREATED {
+                        let index = serde_json::to_vec(&json!({
+                            "schemaVersion": 2, "mediaType": OCI_INDEX,
+                            "manifests": [{"mediaType": OCI_MANIFEST, "digest": image.as_str(), "size": manifest.len(),
+                                           "platform": {"architecture": "amd64", "os": "linux"}}],
+                        }))
+                        .unwrap();
+                        let r = push.put_manifest("gcrace", &format!("w{worker}-{round}"), OCI_INDEX, &index).await;
+                        if r.status() == StatusCode::CREATED {
+                            if round % 3 == 0 {
+                                let r = push.delete(&format!("/v2/gcrace/manifests/{}", sha256(&index))).await;
+                                assert_eq!(r.status(), StatusCode::ACCEPTED);
+                            } else {
+                                kept.push((index, manifest));
+                            }
+                            break;
                         }
-                        StatusCode::CREATED => kept.push(manifest),
-                        StatusCode::BAD_REQUEST => {
-                            let body: Value = r.json().await.unwrap();
-                            assert_eq!(body["errors"][0]["code"], "MANIFEST_BLOB_UNKNOWN", "{body}");
-                            refused += 1;
-                            continue;
-                        }
-                        other => panic!("manifest PUT gave {other}: {}", r.text().await.unwrap_or_default()),
-                    }
-                    break;
+                        r
+                    } else {
+                        r
+                    };
+                    let status = r.status();
+                    let body: Value = r.json().await.unwrap_or_default();
+                    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+                    assert_eq!(body["errors"][0]["code"], "MANIFEST_BLOB_UNKNOWN", "{body}");
+                    refused += 1;
                 }
             }
             (kept, refused)
         }
     };
-    let ((runs, removed), pushed) = tokio::join!(collector, async {
+    let ((runs, removed, removed_manifests), pushed) = tokio::join!(collector, async {
         let pushed = tokio::join!(pusher(0), pusher(1), pusher(2));
         stop.store(true, Ordering::Relaxed);
         pushed
@@ -338,16 +352,27 @@ async fn gc_racing_pushes_and_deletes_never_takes_a_layer_from_a_manifest() {
             all.extend(kept);
             (all, n + refused)
         });
-    eprintln!("{runs} collections removed {removed} blobs; {} manifests kept, {refused} refused", kept.len());
-    assert!(removed > 0 && !kept.is_empty(), "the race was not run: {removed} removed, {} kept", kept.len());
+    eprintln!(
+        "{runs} collections removed {removed_manifests} manifests and {removed} blobs; {} images kept, {refused} \
+         pushes refused",
+        kept.len()
+    );
+    assert!(
+        removed > 0 && removed_manifests > 0 && !kept.is_empty(),
+        "the race was not run: {removed_manifests} manifests and {removed} blobs removed, {} kept",
+        kept.len()
+    );
 
-    // One more collection after the dust settles: only what a kept manifest references stays.
+    // One more collection after the dust settles: only what a kept index lists stays.
+    replicas[0].registry().collect_manifests(Duration::ZERO, false).await.unwrap();
     replicas[0].registry().collect_blobs(Duration::ZERO, false).await.unwrap();
     let mut referenced = std::collections::HashSet::new();
-    for manifest in &kept {
+    for (index, manifest) in &kept {
+        let r = replicas[1].get(&format!("/v2/gcrace/manifests/{}", sha256(index))).await;
+        assert_eq!(r.bytes().await.unwrap(), *index);
         let parsed: Value = serde_json::from_slice(manifest).unwrap();
         let r = replicas[0].get(&format!("/v2/gcrace/manifests/{}", sha256(manifest))).await;
-        assert_eq!(r.bytes().await.unwrap(), *manifest);
+        assert_eq!(r.bytes().await.unwrap(), *manifest, "the image of a kept index");
         let blobs = std::iter::once(&parsed["config"]).chain(parsed["layers"].as_array().unwrap());
         for descriptor in blobs {
             let digest = descriptor["digest"].as_str().unwrap();

@@ -227,6 +227,86 @@ pub async fn blobs_nothing_references_are_collected_and_nothing_else(store: Arc<
     assert_eq!(store.blob_in_repository(&r, &used).await.unwrap(), None);
 }
 
+pub async fn untagged_manifests_nothing_keeps_are_removed_and_nothing_else(store: Arc<dyn MetadataStore>) {
+    let r = repo("gc/m");
+    let layer = digest("layer");
+    store.link_blob(&r, &layer, &blob(4)).await.unwrap();
+    let image = |payload: &str| manifest("gc/m", payload, vec![(layer.clone(), 4)]);
+    let index = |payload: &str, listed: &NewManifest| NewManifest {
+        media_type: "application/vnd.oci.image.index.v1+json".into(),
+        blobs: Vec::new(),
+        manifests: vec![(listed.digest.clone(), listed.payload.len() as u64)],
+        ..manifest("gc/m", payload, Vec::new())
+    };
+    let referrer = |payload: &str, subject: &NewManifest| NewManifest {
+        subject: Some(subject.digest.clone()),
+        ..manifest("gc/m", payload, Vec::new())
+    };
+    let put = async |m: &NewManifest, tags: &[&str]| {
+        let tags: Vec<Tag> = tags.iter().map(|t| tag(t)).collect();
+        assert_eq!(store.put_manifest(m, &tags).await.unwrap(), PutManifest::Stored);
+    };
+    // v1 moves from `old` to `current`; a tagged index lists `child`; an untagged index lists
+    // `orphan`; both images have a signature.
+    let (old, current, child, orphan) = (image("old"), image("current"), image("child"), image("orphan"));
+    let (multi, old_index) = (index("multi", &child), index("old index", &orphan));
+    let (old_sig, current_sig) = (referrer("old sig", &old), referrer("current sig", &current));
+    put(&old, &["v1"]).await;
+    put(&current, &["v1"]).await;
+    for m in [&child, &orphan, &old_index, &old_sig, &current_sig] {
+        put(m, &[]).await;
+    }
+    put(&multi, &["multi"]).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let cutoff = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let recent = image("recent");
+    put(&recent, &[]).await;
+
+    // Within the grace time nothing goes; past it, what no tag keeps, indexes before what they
+    // list and subjects before their referrers.
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    assert_eq!(store.unkept_manifests(&r, hour_ago).await.unwrap(), Vec::<Digest>::new());
+    let order = store.unkept_manifests(&r, cutoff).await.unwrap();
+    assert_eq!(
+        sorted(order.clone()),
+        sorted(vec![old.digest.clone(), old_sig.digest.clone(), old_index.digest.clone(), orphan.digest.clone()])
+    );
+    let at = |m: &NewManifest| order.iter().position(|d| *d == m.digest).unwrap();
+    assert!(at(&old) < at(&old_sig) && at(&old_index) < at(&orphan), "{order:?}");
+    assert_eq!(store.unkept_manifests(&repo("gc/none"), cutoff).await.unwrap(), Vec::<Digest>::new());
+
+    // Checked again at removal: a referrer whose subject is still there stays, so does a
+    // manifest an index lists, and one pushed again since the listing.
+    assert!(!store.remove_unkept_manifest(&r, &old_sig.digest, cutoff).await.unwrap());
+    assert!(!store.remove_unkept_manifest(&r, &orphan.digest, cutoff).await.unwrap());
+    put(&old_index, &[]).await;
+    assert!(!store.remove_unkept_manifest(&r, &old_index.digest, cutoff).await.unwrap());
+    assert!(!store.remove_unkept_manifest(&r, &orphan.digest, cutoff).await.unwrap());
+    assert!(!store.remove_unkept_manifest(&r, &current.digest, cutoff).await.unwrap());
+    assert!(!store.remove_unkept_manifest(&r, &recent.digest, cutoff).await.unwrap());
+    assert!(!store.remove_unkept_manifest(&r, &digest("never pushed"), cutoff).await.unwrap());
+    assert_eq!(store.unkept_manifests(&r, cutoff).await.unwrap(), vec![old.digest.clone(), old_sig.digest.clone()]);
+
+    // In order, each goes.
+    assert!(store.remove_unkept_manifest(&r, &old.digest, cutoff).await.unwrap());
+    assert!(store.remove_unkept_manifest(&r, &old_sig.digest, cutoff).await.unwrap());
+    assert!(!store.remove_unkept_manifest(&r, &old.digest, cutoff).await.unwrap());
+    for gone in [&old, &old_sig] {
+        assert_eq!(store.get_manifest(&r, &Reference::Digest(gone.digest.clone()), false).await.unwrap(), None);
+    }
+    for kept in [&current, &child, &multi, &current_sig, &recent, &old_index, &orphan] {
+        assert!(store.get_manifest(&r, &Reference::Digest(kept.digest.clone()), false).await.unwrap().is_some());
+    }
+    assert_eq!(store.referrers(&r, &current.digest, None).await.unwrap().len(), 1);
+    assert_eq!(
+        store.get_manifest(&r, &Reference::Tag(tag("v1")), false).await.unwrap().unwrap().digest,
+        current.digest
+    );
+    // The layer the removed image shared with the kept ones stays referenced.
+    assert_eq!(collectable(&*store, SystemTime::now()).await, Vec::<Digest>::new());
+}
+
 async fn sqlite() -> (Arc<dyn MetadataStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
@@ -248,6 +328,7 @@ macro_rules! metadata_store_contract {
                 listings_are_sorted_and_paged,
                 referrers_by_subject_and_artifact_type,
                 blobs_nothing_references_are_collected_and_nothing_else,
+                untagged_manifests_nothing_keeps_are_removed_and_nothing_else,
             ]
         );
     };
