@@ -185,15 +185,24 @@ peak_kib=$(for p in "${pids[@]}"; do awk '/^VmHWM:/ {print $2}' "/proc/$p/status
 [ "$peak_kib" -lt $((100 * 1024)) ] || fail "peak RSS $((peak_kib / 1024)) MiB during the $big MiB round trip"
 ok "$big MiB blob pushed in one streamed PATCH and pulled back, digests match; server peak RSS $((peak_kib / 1024)) MiB"
 
-# berth gc next to the serving registry (not through nginx, whose replicas this script does
-# not configure): the deleted app:old's own blobs and the big blob, which no manifest names,
-# go; every image still tagged pulls whole.
+# berth gc --untagged next to the serving registry (not through nginx, whose replicas this
+# script does not configure): the manifest a moving tag left behind goes, the deleted
+# app:old's own blobs and the big blob, which no manifest names, go; every image still tagged
+# pulls whole, the index's untagged platform manifests included.
 if [ -z "${E2E_REGISTRY:-}" ]; then
-    out=$(BERTH_LISTEN=$reg BERTH_DATA_DIR=$work/data "$berth" gc --grace 0s 2>>"$work/gc.log")
+    "${skopeo[@]}" copy -q --format v2s2 "${tls[@]}" "docker://$reg/e2e/app:v1" "docker://$reg/e2e/moving:latest"
+    left=$("${skopeo[@]}" inspect --tls-verify=false "docker://$reg/e2e/moving:latest" | jq -r .Digest)
+    "${skopeo[@]}" copy -q "${tls[@]}" "docker://$reg/e2e/app:v1" "docker://$reg/e2e/moving:latest"
+    [ "$("${skopeo[@]}" inspect --tls-verify=false "docker://$reg/e2e/moving:latest" | jq -r .Digest)" != "$left" ] ||
+        fail "e2e/moving:latest did not move"
+    out=$(BERTH_LISTEN=$reg BERTH_DATA_DIR=$work/data "$berth" gc --grace 0s --untagged 2>>"$work/gc.log")
+    echo "$out" | grep -qx 'removed 1 untagged manifest(s)' || fail "berth gc --untagged: $out"
+    status=$(curl -s -o /dev/null -w '%{http_code}' "http://$reg/v2/e2e/moving/manifests/$left")
+    [ "$status" = 404 ] || fail "the manifest e2e/moving:latest left behind answers $status after berth gc"
     removed=$(echo "$out" | sed -n 's/^removed \([0-9]*\) unreferenced blob(s), \([0-9]*\) bytes$/\1 \2/p')
     read -r blobs bytes <<<"${removed:-0 0}"
     [ "$blobs" -ge 2 ] && [ "$bytes" -ge $((big << 20)) ] || fail "berth gc: $out"
-    for ref in e2e/app:v1 e2e/copy:v1 e2e/multi:latest e2e/podman:v1; do
+    for ref in e2e/app:v1 e2e/copy:v1 e2e/multi:latest e2e/moving:latest e2e/podman:v1; do
         [ "$ref" = e2e/podman:v1 ] && ! command -v podman >/dev/null && continue
         rm -rf "$work/after-gc"
         "${skopeo[@]}" copy -q --all "${tls[@]}" "docker://$reg/$ref" "oci:$work/after-gc:x" ||
@@ -203,7 +212,7 @@ if [ -z "${E2E_REGISTRY:-}" ]; then
                 fail "blob $blob of $ref corrupt after berth gc"
         done
     done
-    ok "berth gc while serving removed $blobs unreferenced blobs ($((bytes >> 20)) MiB); every tagged image still pulls whole"
+    ok "berth gc --untagged while serving removed the manifest a moving tag left and $blobs unreferenced blobs ($((bytes >> 20)) MiB); every tagged image still pulls whole"
 fi
 
 echo "all real-client checks passed"
