@@ -1,8 +1,11 @@
 //! Blob reads, deletes and cross-repository mounts.
 
+use std::time::{Duration, SystemTime};
+
 use tracing::instrument;
 
 use super::{Error, Registry};
+use crate::metadata::BlobRecord;
 use crate::oci::{Digest, RepoName};
 use crate::storage::{ByteRange, ByteStream};
 
@@ -100,7 +103,37 @@ impl Registry {
         digest: &Digest,
         from: &RepoName,
     ) -> Result<Option<u64>, Error> {
-        Ok(self.metadata.mount_blob(from, repository, digest).await?)
+        let Some(size) = self.metadata.mount_blob(from, repository, digest).await? else { return Ok(None) };
+        match self.metadata.blob_in_repository(repository, digest).await? {
+            Some(stored) if self.bytes_present(digest, &stored).await? => Ok(Some(size)),
+            _ => {
+                self.forget_lost_blob(repository, digest).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether the bytes of a recorded blob are where its record says. A blob kept at its
+    /// content-addressed place can have lost them while its record stayed: an upload that
+    /// committed there just before the garbage collector deleted the place's previous blob,
+    /// and recorded the blob again just after (its bytes at a place of their own, in the S3
+    /// store, are never shared and never lost this way).
+    pub(super) async fn bytes_present(&self, digest: &Digest, stored: &BlobRecord) -> Result<bool, Error> {
+        Ok(stored.location.is_some() || self.blobs.stat(digest, None).await?.is_some())
+    }
+
+    /// Forgets a blob whose record outlived its bytes: unlinks it from `repository` and,
+    /// unless a manifest references it already, removes its record, so that nothing takes it
+    /// for stored and the next push of it stores the bytes again. The place is not deleted: an
+    /// upload may be putting the bytes back there at this moment.
+    pub(super) async fn forget_lost_blob(&self, repository: &RepoName, digest: &Digest) -> Result<(), Error> {
+        tracing::warn!(%repository, %digest, "blob record without bytes (garbage-collected while stored); forgetting it");
+        self.metadata.unlink_blob(repository, digest).await?;
+        let unless_referenced = SystemTime::now() + Duration::from_secs(365 * 24 * 3600);
+        if self.metadata.begin_blob_removal(digest, unless_referenced).await?.is_some() {
+            self.metadata.finish_blob_removal(digest).await?;
+        }
+        Ok(())
     }
 }
 

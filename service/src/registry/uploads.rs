@@ -188,11 +188,17 @@ impl Registry {
         // this very upload on an attempt whose response was lost): keep the one copy. The
         // upload's own bytes go only once the stored blob is linked, so that a garbage
         // collection racing this commit cannot leave the repository with neither.
-        if patiently(digest, async || self.metadata.link_stored_blob(repository, digest, size).await).await?.is_some() {
-            drop(writer);
-            self.blobs.abort_upload(&session.id, Some(&session.handle)).await?;
-            self.sessions.delete(&session.id).await?;
-            return Ok(size);
+        if let Some(stored) =
+            patiently(digest, async || self.metadata.link_stored_blob(repository, digest, size).await).await?
+        {
+            if self.bytes_present(digest, &stored).await? {
+                drop(writer);
+                self.blobs.abort_upload(&session.id, Some(&session.handle)).await?;
+                self.sessions.delete(&session.id).await?;
+                return Ok(size);
+            }
+            // A record whose bytes are gone: forget it and store ours in their place.
+            self.forget_lost_blob(repository, digest).await?;
         }
         if let Some(writer) = writer {
             session.handle = writer.finish(Some(digest)).await?;
@@ -214,8 +220,8 @@ impl Registry {
         // past the collector's grace time and removed, took these bytes with it if they share
         // its content-addressed place. Only a grace time shorter than a commit allows that; the
         // client then pushes again, and is never told that a blob is there when it is not.
-        if stored.location.is_none() && self.blobs.stat(digest, None).await?.is_none() {
-            self.metadata.unlink_blob(repository, digest).await?;
+        if !self.bytes_present(digest, &stored).await? {
+            self.forget_lost_blob(repository, digest).await?;
             return Err(Error::Unavailable(format!(
                 "blob {digest} was garbage-collected while it was being stored; push it again"
             )));

@@ -104,3 +104,33 @@ async fn gc_untagged_removes_the_manifests_no_tag_keeps_and_then_their_blobs() {
     let r = app.get(&format!("/v2/gc/app/blobs/{}", current.layer_digest)).await;
     assert_eq!(sha256(&r.bytes().await.unwrap()), current.layer_digest);
 }
+
+/// A blob's record can outlive its bytes: an upload commits them at their content-addressed
+/// place just before a collection deletes the previous blob there, and records the blob just
+/// after. Berth must never take such a record for a stored blob: neither a push of the same
+/// bytes (which stores them again) nor a mount (which becomes an upload) answers 201 on it.
+#[tokio::test]
+async fn a_blob_record_that_lost_its_bytes_is_never_taken_for_stored() {
+    let app = spawn_app().await;
+    let bytes = b"a layer whose bytes went";
+    let digest = app.push_blob("lost/a", bytes).await;
+    let encoded = digest.as_str().trim_start_matches("sha256:");
+    let place = app.dir.path().join("blobs/sha256").join(&encoded[..2]).join(encoded);
+    std::fs::remove_file(&place).unwrap();
+
+    // A mount from a repository whose record lost its bytes starts an upload instead.
+    let r = app
+        .request(reqwest::Method::POST, &format!("/v2/lost/b/blobs/uploads/?mount={digest}&from=lost/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(app.head(&format!("/v2/lost/b/blobs/{digest}")).await.status(), StatusCode::NOT_FOUND);
+
+    // Pushing the bytes again stores them again, and the blob reads back whole.
+    assert_eq!(app.post_blob("lost/c", &digest, bytes).await.status(), StatusCode::CREATED);
+    assert!(place.exists());
+    let r = app.get(&format!("/v2/lost/c/blobs/{digest}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), &bytes[..]);
+}
