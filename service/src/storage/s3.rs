@@ -437,8 +437,10 @@ pub fn http_client(ca_file: Option<&std::path::Path>) -> Result<aws_sdk_s3::conf
         .build_https())
 }
 
-/// Turns an SDK error into a storage error: missing objects are `NotFound`; throttling,
-/// server errors and unreachable stores (after the SDK's own retries) are `Unavailable`.
+/// Turns an SDK error into a storage error: missing objects are `NotFound`; a full store or an
+/// exhausted quota (MinIO answers 507) is an I/O error of kind `StorageFull`, which clients
+/// get as 507; throttling, other server errors and unreachable stores (after the SDK's own
+/// retries) are `Unavailable`.
 fn s3_error<E>(operation: &str, e: SdkError<E, HttpResponse>) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -449,6 +451,13 @@ where
             let code = service.err().code().unwrap_or("");
             if status == 404 || matches!(code, "NoSuchKey" | "NotFound" | "NoSuchUpload") {
                 StorageError::NotFound
+            } else if status == 507
+                || matches!(code, "XMinioStorageFull" | "XMinioAdminBucketQuotaExceeded" | "QuotaExceeded")
+            {
+                StorageError::Io(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("{operation}: {status} {code}"),
+                ))
             } else if status >= 500
                 || status == 429
                 || matches!(code, "SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout")
@@ -952,6 +961,28 @@ impl S3Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_answers_map_to_storage_errors() {
+        use aws_sdk_s3::error::ErrorMetadata;
+        use aws_sdk_s3::operation::put_object::PutObjectError;
+        use aws_smithy_runtime_api::http::StatusCode;
+        let answer = |status: u16, code: &str| {
+            let raw =
+                HttpResponse::new(StatusCode::try_from(status).unwrap(), aws_sdk_s3::primitives::SdkBody::empty());
+            let error = PutObjectError::generic(ErrorMetadata::builder().code(code).build());
+            s3_error("PutObject", SdkError::service_error(error, raw))
+        };
+        let full = |e: &StorageError| matches!(e, StorageError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull);
+        assert!(full(&answer(507, "XMinioStorageFull")));
+        assert!(full(&answer(400, "XMinioAdminBucketQuotaExceeded")));
+        assert!(matches!(answer(404, "NoSuchKey"), StorageError::NotFound));
+        assert!(matches!(answer(503, "SlowDown"), StorageError::Unavailable(_)));
+        assert!(matches!(answer(500, "InternalError"), StorageError::Unavailable(_)));
+        assert!(
+            matches!(answer(403, "AccessDenied"), StorageError::Io(ref io) if io.kind() == std::io::ErrorKind::Other)
+        );
+    }
 
     #[test]
     fn parts_grow_so_that_ten_thousand_hold_terabytes() {
