@@ -246,12 +246,43 @@ async fn repository_id(tx: &mut Transaction<'static, Any>, name: &RepoName) -> R
         .execute(&mut **tx)
         .await
         .map_err(db_error)?;
+    existing_repository_id(&mut **tx, name)
+        .await?
+        .ok_or_else(|| MetadataError::Other(format!("repository {name} vanished as it was created")))
+}
+
+/// The repository's id, if it exists.
+async fn existing_repository_id<'e>(
+    executor: impl Executor<'e, Database = Any>,
+    name: &RepoName,
+) -> Result<Option<i64>, MetadataError> {
     let row = sqlx::query("SELECT id FROM repositories WHERE name = $1")
         .bind(name.as_str())
-        .fetch_one(&mut **tx)
+        .fetch_optional(executor)
         .await
         .map_err(db_error)?;
-    column(&row, 0)
+    row.map(|r| column(&r, 0)).transpose()
+}
+
+/// Deletes a manifest with its references and any tag on it; whether it existed.
+async fn remove_manifest(
+    tx: &mut Transaction<'static, Any>,
+    repository: i64,
+    digest: &Digest,
+) -> Result<bool, MetadataError> {
+    for sql in [
+        "DELETE FROM tags WHERE repository_id = $1 AND manifest_digest = $2",
+        "DELETE FROM manifest_references WHERE repository_id = $1 AND manifest_digest = $2",
+    ] {
+        sqlx::query(sql).bind(repository).bind(digest.as_str()).execute(&mut **tx).await.map_err(db_error)?;
+    }
+    let done = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
+        .bind(repository)
+        .bind(digest.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    Ok(done.rows_affected() > 0)
 }
 
 /// Links a blob to the repository, or renews the link's time (which the garbage collector's
@@ -430,15 +461,7 @@ impl MetadataStore for SqlMetadata {
     }
 
     async fn unkept_manifests(&self, repository: &RepoName, cutoff: SystemTime) -> Result<Vec<Digest>, MetadataError> {
-        let Some(row) = sqlx::query("SELECT id FROM repositories WHERE name = $1")
-            .bind(repository.as_str())
-            .fetch_optional(&self.reads)
-            .await
-            .map_err(db_error)?
-        else {
-            return Ok(Vec::new());
-        };
-        let id: i64 = column(&row, 0)?;
+        let Some(id) = existing_repository_id(&self.reads, repository).await? else { return Ok(Vec::new()) };
         let cutoff = millis(cutoff);
         let rows = sqlx::query(
             "SELECT m.digest, m.subject, CAST(CASE WHEN m.created_at >= $2 \
@@ -477,15 +500,7 @@ impl MetadataStore for SqlMetadata {
         cutoff: SystemTime,
     ) -> Result<bool, MetadataError> {
         let mut tx = self.begin().await?;
-        let Some(row) = sqlx::query("SELECT id FROM repositories WHERE name = $1")
-            .bind(repository.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?
-        else {
-            return Ok(false);
-        };
-        let id: i64 = column(&row, 0)?;
+        let Some(id) = existing_repository_id(&mut *tx, repository).await? else { return Ok(false) };
         let row = sqlx::query(self.locking(MANIFEST_CREATED_EXCLUSIVE))
             .bind(id)
             .bind(digest.as_str())
@@ -515,14 +530,9 @@ impl MetadataStore for SqlMetadata {
         if kept.is_some() {
             return Ok(false);
         }
-        for sql in [
-            "DELETE FROM manifest_references WHERE repository_id = $1 AND manifest_digest = $2",
-            "DELETE FROM manifests WHERE repository_id = $1 AND digest = $2",
-        ] {
-            sqlx::query(sql).bind(id).bind(digest.as_str()).execute(&mut *tx).await.map_err(db_error)?;
-        }
+        let removed = remove_manifest(&mut tx, id, digest).await?;
         tx.commit().await.map_err(db_error)?;
-        Ok(true)
+        Ok(removed)
     }
 
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError> {
@@ -676,27 +686,10 @@ impl MetadataStore for SqlMetadata {
 
     async fn delete_manifest(&self, repository: &RepoName, digest: &Digest) -> Result<bool, MetadataError> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query("SELECT id FROM repositories WHERE name = $1")
-            .bind(repository.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let Some(row) = row else { return Ok(false) };
-        let id: i64 = column(&row, 0)?;
-        for sql in [
-            "DELETE FROM tags WHERE repository_id = $1 AND manifest_digest = $2",
-            "DELETE FROM manifest_references WHERE repository_id = $1 AND manifest_digest = $2",
-        ] {
-            sqlx::query(sql).bind(id).bind(digest.as_str()).execute(&mut *tx).await.map_err(db_error)?;
-        }
-        let done = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
-            .bind(id)
-            .bind(digest.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        let Some(id) = existing_repository_id(&mut *tx, repository).await? else { return Ok(false) };
+        let removed = remove_manifest(&mut tx, id, digest).await?;
         tx.commit().await.map_err(db_error)?;
-        Ok(done.rows_affected() > 0)
+        Ok(removed)
     }
 
     async fn delete_tag(&self, repository: &RepoName, tag: &Tag) -> Result<bool, MetadataError> {
@@ -717,13 +710,7 @@ impl MetadataStore for SqlMetadata {
         last: Option<&str>,
         limit: u32,
     ) -> Result<Option<Page>, MetadataError> {
-        let row = sqlx::query("SELECT id FROM repositories WHERE name = $1")
-            .bind(repository.as_str())
-            .fetch_optional(&self.reads)
-            .await
-            .map_err(db_error)?;
-        let Some(row) = row else { return Ok(None) };
-        let id: i64 = column(&row, 0)?;
+        let Some(id) = existing_repository_id(&self.reads, repository).await? else { return Ok(None) };
         let rows = sqlx::query("SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3")
             .bind(id)
             .bind(last.unwrap_or(""))
