@@ -96,7 +96,12 @@ impl MetadataStore for Instrumented {
         timed(self.kind(), "blob_in_repository", self.0.blob_in_repository(repository, digest)).await
     }
 
-    async fn mount_blob(&self, from: &RepoName, to: &RepoName, digest: &Digest) -> Result<Option<u64>, MetadataError> {
+    async fn mount_blob(
+        &self,
+        from: &RepoName,
+        to: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<BlobRecord>, MetadataError> {
         timed(self.kind(), "mount_blob", self.0.mount_blob(from, to, digest)).await
     }
 

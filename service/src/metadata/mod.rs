@@ -191,8 +191,13 @@ pub trait MetadataStore: Send + Sync + 'static {
         digest: &Digest,
     ) -> Result<Option<BlobRecord>, MetadataError>;
 
-    /// Links a blob of `from` into `to` in one step; its size, or `None` if `from` lacks it.
-    async fn mount_blob(&self, from: &RepoName, to: &RepoName, digest: &Digest) -> Result<Option<u64>, MetadataError>;
+    /// Links a blob of `from` into `to` in one step; its record, or `None` if `from` lacks it.
+    async fn mount_blob(
+        &self,
+        from: &RepoName,
+        to: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<BlobRecord>, MetadataError>;
 
     /// Removes the blob's link to the repository; whether there was one.
     async fn unlink_blob(&self, repository: &RepoName, digest: &Digest) -> Result<bool, MetadataError>;

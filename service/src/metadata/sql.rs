@@ -558,7 +558,12 @@ impl MetadataStore for SqlMetadata {
         row.as_ref().map(blob_columns).transpose()
     }
 
-    async fn mount_blob(&self, from: &RepoName, to: &RepoName, digest: &Digest) -> Result<Option<u64>, MetadataError> {
+    async fn mount_blob(
+        &self,
+        from: &RepoName,
+        to: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<BlobRecord>, MetadataError> {
         let mut tx = self.begin().await?;
         // Locks the blob's row, found not being removed: it can be linked as it is.
         let row = sqlx::query(self.locking(BLOB_IN_REPOSITORY_SHARED))
@@ -572,7 +577,7 @@ impl MetadataStore for SqlMetadata {
         let id = repository_id(&mut tx, to).await?;
         add_link(&mut tx, id, digest).await?;
         tx.commit().await.map_err(db_error)?;
-        Ok(Some(blob.size))
+        Ok(Some(blob))
     }
 
     async fn unlink_blob(&self, repository: &RepoName, digest: &Digest) -> Result<bool, MetadataError> {

@@ -103,14 +103,12 @@ impl Registry {
         digest: &Digest,
         from: &RepoName,
     ) -> Result<Option<u64>, Error> {
-        let Some(size) = self.metadata.mount_blob(from, repository, digest).await? else { return Ok(None) };
-        match self.metadata.blob_in_repository(repository, digest).await? {
-            Some(stored) if self.bytes_present(digest, &stored).await? => Ok(Some(size)),
-            _ => {
-                self.forget_lost_blob(repository, digest).await?;
-                Ok(None)
-            }
+        let Some(stored) = self.metadata.mount_blob(from, repository, digest).await? else { return Ok(None) };
+        if self.bytes_present(digest, &stored).await? {
+            return Ok(Some(stored.size));
         }
+        self.forget_lost_blob(repository, digest).await?;
+        Ok(None)
     }
 
     /// Whether the bytes of a recorded blob are where its record says. A blob kept at its

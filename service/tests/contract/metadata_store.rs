@@ -58,7 +58,7 @@ pub async fn mounts_need_the_blob_in_the_source(store: Arc<dyn MetadataStore>) {
     assert_eq!(store.mount_blob(&a, &b, &d).await.unwrap(), None);
     assert_eq!(store.blob_in_repository(&b, &d).await.unwrap(), None);
     store.link_blob(&a, &d, &blob(7)).await.unwrap();
-    assert_eq!(store.mount_blob(&a, &b, &d).await.unwrap(), Some(7));
+    assert_eq!(store.mount_blob(&a, &b, &d).await.unwrap(), Some(blob(7)));
     assert_eq!(store.blob_in_repository(&b, &d).await.unwrap(), Some(blob(7)));
 }
 
