@@ -14,10 +14,15 @@ pub struct Collected {
     pub bytes: u64,
 }
 
+/// The time `age` before now; the epoch for ages older than the clock.
+fn ago(age: Duration) -> SystemTime {
+    SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 impl Registry {
     /// One sweep; returns how many uploads were discarded.
     pub async fn sweep_uploads(&self) -> usize {
-        let cutoff = SystemTime::now().checked_sub(self.policy.upload_idle_timeout).unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = ago(self.policy.upload_idle_timeout);
         let uploads = match self.blobs.list_uploads().await {
             Ok(u) => u,
             Err(e) => {
@@ -52,7 +57,7 @@ impl Registry {
     /// returns how many it removed (or would remove, on a dry run). Their blobs are left to
     /// [`Registry::collect_blobs`].
     pub async fn collect_manifests(&self, grace: Duration, dry_run: bool) -> Result<u64, Error> {
-        let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = ago(grace);
         let mut removed = 0;
         let mut last: Option<String> = None;
         loop {
@@ -82,7 +87,7 @@ impl Registry {
     /// `grace` must be longer than any push takes). Safe while the registry serves: see
     /// `MetadataStore::begin_blob_removal`. A collection cut short is finished by the next.
     pub async fn collect_blobs(&self, grace: Duration, dry_run: bool) -> Result<Collected, Error> {
-        let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = ago(grace);
         let mut collected = Collected::default();
         let mut after: Option<Digest> = None;
         loop {
