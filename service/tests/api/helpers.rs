@@ -58,15 +58,21 @@ pub async fn spawn_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     start(settings, dir).await
 }
 
+/// A client that shows redirects instead of following them (installing the TLS crypto
+/// provider that both it and the server need).
+fn client() -> Client {
+    berth::install_crypto_provider();
+    Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
+}
+
 /// Starts a server on an existing data directory (to check what survives a restart).
 pub async fn start(settings: Settings, dir: tempfile::TempDir) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
     }
-    berth::install_crypto_provider();
+    let client = client();
     let (running, server) = berth::server::start(&settings).await.expect("server starts");
     tokio::spawn(server);
-    let client = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     TestApp {
         base: format!("http://{}", running.addr),
         client,
@@ -79,10 +85,8 @@ pub async fn start(settings: Settings, dir: tempfile::TempDir) -> TestApp {
 /// Drives a `berth serve` process that listens on `listen` (as `settings` describe it) once
 /// it answers.
 pub async fn attach(process: KillOnDrop, settings: Settings, dir: tempfile::TempDir) -> TestApp {
-    berth::install_crypto_provider();
-    let client = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let base = format!("http://{}", settings.listen);
-    let mut app = TestApp { base, client, settings, server: Server::Process(process), dir };
+    let mut app = TestApp { base, client: client(), settings, server: Server::Process(process), dir };
     for _ in 0..200 {
         if app.client.get(app.url("/v2/")).send().await.is_ok() {
             return app;

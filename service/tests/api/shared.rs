@@ -310,28 +310,25 @@ async fn gc_racing_pushes_and_deletes_never_takes_a_layer_from_a_manifest() {
                     }))
                     .unwrap();
                     let image = sha256(&manifest);
-                    let r = put.put_manifest("gcrace", image.as_str(), OCI_MANIFEST, &manifest).await;
-                    let r = if r.status() == StatusCode::CREATED {
-                        let index = serde_json::to_vec(&json!({
-                            "schemaVersion": 2, "mediaType": OCI_INDEX,
-                            "manifests": [{"mediaType": OCI_MANIFEST, "digest": image.as_str(), "size": manifest.len(),
-                                           "platform": {"architecture": "amd64", "os": "linux"}}],
-                        }))
-                        .unwrap();
-                        let r = push.put_manifest("gcrace", &format!("w{worker}-{round}"), OCI_INDEX, &index).await;
-                        if r.status() == StatusCode::CREATED {
-                            if round % 3 == 0 {
-                                let r = push.delete(&format!("/v2/gcrace/manifests/{}", sha256(&index))).await;
-                                assert_eq!(r.status(), StatusCode::ACCEPTED);
-                            } else {
-                                kept.push((index, manifest));
-                            }
-                            break;
+                    let index = serde_json::to_vec(&json!({
+                        "schemaVersion": 2, "mediaType": OCI_INDEX,
+                        "manifests": [{"mediaType": OCI_MANIFEST, "digest": image.as_str(), "size": manifest.len(),
+                                       "platform": {"architecture": "amd64", "os": "linux"}}],
+                    }))
+                    .unwrap();
+                    let mut r = put.put_manifest("gcrace", image.as_str(), OCI_MANIFEST, &manifest).await;
+                    if r.status() == StatusCode::CREATED {
+                        r = push.put_manifest("gcrace", &format!("w{worker}-{round}"), OCI_INDEX, &index).await;
+                    }
+                    if r.status() == StatusCode::CREATED {
+                        if round % 3 == 0 {
+                            let r = push.delete(&format!("/v2/gcrace/manifests/{}", sha256(&index))).await;
+                            assert_eq!(r.status(), StatusCode::ACCEPTED);
+                        } else {
+                            kept.push((index, manifest));
                         }
-                        r
-                    } else {
-                        r
-                    };
+                        break;
+                    }
                     let status = r.status();
                     let body: Value = r.json().await.unwrap_or_default();
                     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
