@@ -9,13 +9,26 @@ use super::headers::{self as h};
 use super::{State, authorized};
 use crate::auth::Action;
 use crate::metadata::StoredManifest;
-use crate::oci::{Reference, RepoName, Tag};
+use crate::oci::{NameError, Reference, RepoName, Tag};
 use crate::registry::Error;
 
+/// The repository and reference of a manifest URL that is to be created: a reference that is
+/// not a valid tag or digest is refused, saying why.
 fn parse(path: web::Path<(String, String)>) -> ApiResult<(String, Reference)> {
     let (name, reference) = path.into_inner();
     let reference = reference.parse::<Reference>().map_err(Error::from)?;
     Ok((name, reference))
+}
+
+/// The reference of a manifest URL that is read or deleted, once the caller may do so. A tag
+/// that could never have been pushed names no manifest: that is `MANIFEST_UNKNOWN` (404), as
+/// the conformance suite expects, not a bad request. A malformed digest stays `DIGEST_INVALID`.
+fn existing(reference: &str) -> ApiResult<Reference> {
+    match reference.parse::<Reference>() {
+        Ok(reference) => Ok(reference),
+        Err(NameError::Tag(_)) => Err(Error::ManifestUnknown.into()),
+        Err(e) => Err(Error::from(e).into()),
+    }
 }
 
 fn found(manifest: &StoredManifest) -> actix_web::HttpResponseBuilder {
@@ -32,8 +45,9 @@ fn found(manifest: &StoredManifest) -> actix_web::HttpResponseBuilder {
 /// "A GET request to an existing manifest URL MUST provide the expected manifest … The
 /// Content-Type header SHOULD match what the client pushed as the manifest's Content-Type."
 pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
-    let (name, reference) = parse(path)?;
+    let (name, reference) = path.into_inner();
     let name = authorized(&state, &req, &name, &[Action::Pull]).await?;
+    let reference = existing(&reference)?;
     let manifest = state.registry.manifest(&name, &reference, true).await?;
     let payload = manifest.payload.clone().unwrap_or_default();
     Ok(found(&manifest).body(payload))
@@ -41,8 +55,9 @@ pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String
 
 /// `HEAD /v2/<name>/manifests/<tag-or-digest>`: the headers of a GET, from metadata alone.
 pub async fn head(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
-    let (name, reference) = parse(path)?;
+    let (name, reference) = path.into_inner();
     let name = authorized(&state, &req, &name, &[Action::Pull]).await?;
+    let reference = existing(&reference)?;
     let manifest = state.registry.manifest(&name, &reference, false).await?;
     Ok(found(&manifest).body(HeadBody(manifest.size)))
 }
@@ -94,8 +109,9 @@ pub async fn put(
 /// "To delete a tag … Upon success, the registry MUST respond with a 202 Accepted code";
 /// by digest, the manifest and every tag pointing to it are removed.
 pub async fn delete(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
-    let (name, reference) = parse(path)?;
+    let (name, reference) = path.into_inner();
     let name = authorized(&state, &req, &name, &[Action::Delete]).await?;
+    let reference = existing(&reference)?;
     state.registry.delete_manifest(&name, &reference).await?;
     Ok(HttpResponse::Accepted().finish())
 }

@@ -323,11 +323,18 @@ async fn unknown_manifests_and_invalid_references() {
     assert_error(app.get("/v2/nope/manifests/v1").await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
     assert_eq!(app.head("/v2/a/manifests/v9").await.status(), StatusCode::NOT_FOUND);
     let too_long = "t".repeat(129);
+    // A tag that cannot exist names no manifest: GET, HEAD and DELETE answer 404, as the
+    // conformance suite's "nonexistent manifest" checks ask (with a tag starting with a dot);
+    // a PUT, which asks to create it, is refused as invalid, saying why.
     for bad in [".hidden", "-dash", too_long.as_str(), "a%2Fb"] {
-        assert_error(app.get(&format!("/v2/a/manifests/{bad}")).await, StatusCode::BAD_REQUEST, "MANIFEST_INVALID")
-            .await;
+        let path = format!("/v2/a/manifests/{bad}");
+        assert_error(app.get(&path).await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+        assert_eq!(app.head(&path).await.status(), StatusCode::NOT_FOUND, "HEAD {bad}");
+        assert_error(app.delete(&path).await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
         let r = app.put_manifest("a", bad, OCI_MANIFEST, b"{}").await;
-        assert_error(r, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+        let body = assert_error(r, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+        assert!(body.to_string().contains("invalid tag"), "{body}");
     }
+    assert_error(app.get("/v2/A/manifests/.hidden").await, StatusCode::BAD_REQUEST, "NAME_INVALID").await;
     assert_error(app.get("/v2/a/manifests/sha256:abc").await, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
 }
