@@ -40,7 +40,9 @@ struct Args {
     /// Seconds each manifest request run lasts.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Which measurements to run (comma separated): stream, chunked, pull, head, get.
+    /// Which measurements to run (comma separated): stream, chunked, pull, head, get, and
+    /// sha512 (what checking a sha512 digest on an upload begun without `digest-algorithm`
+    /// costs; not in the default set).
     #[arg(long, default_value = "stream,chunked,pull,head,get", value_delimiter = ',')]
     only: Vec<String>,
     /// How many times each throughput measurement runs (a fresh blob each time); the median
@@ -144,11 +146,15 @@ impl BlobSource {
     }
 
     fn digest(&self) -> String {
-        let mut h = Sha256::new();
+        self.digest_with::<Sha256>("sha256")
+    }
+
+    fn digest_with<D: sha2::Digest>(&self, algorithm: &str) -> String {
+        let mut h = D::new();
         for i in 0..self.mib {
             h.update(self.piece(i));
         }
-        format!("sha256:{}", hex::encode(h.finalize()))
+        format!("{algorithm}:{}", hex::encode(h.finalize()))
     }
 
     fn len(&self) -> u64 {
@@ -166,7 +172,12 @@ fn with_query(url: &str, query: &str) -> String {
 }
 
 async fn start_upload(client: &Client, base: &str, repo: &str) -> Result<String> {
-    let r = client.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await?;
+    start_upload_with(client, base, repo, "").await
+}
+
+/// `POST /v2/<repo>/blobs/uploads/<query>`.
+async fn start_upload_with(client: &Client, base: &str, repo: &str, query: &str) -> Result<String> {
+    let r = client.post(format!("{base}/v2/{repo}/blobs/uploads/{query}")).send().await?;
     if r.status() != StatusCode::ACCEPTED {
         bail!("POST upload: {}", r.status());
     }
@@ -183,8 +194,20 @@ async fn finish_upload(client: &Client, url: &str, digest: &str) -> Result<()> {
 
 /// POST, one PATCH streaming the whole blob with chunked transfer encoding, PUT.
 async fn push_streamed(client: &Client, base: &str, repo: &str, blob: &BlobSource, digest: &str) -> Result<Duration> {
+    push_streamed_with(client, base, repo, blob, digest, "").await
+}
+
+/// [`push_streamed`] with `query` on the POST (`?digest-algorithm=…`).
+async fn push_streamed_with(
+    client: &Client,
+    base: &str,
+    repo: &str,
+    blob: &BlobSource,
+    digest: &str,
+    query: &str,
+) -> Result<Duration> {
     let started = Instant::now();
-    let url = start_upload(client, base, repo).await?;
+    let url = start_upload_with(client, base, repo, query).await?;
     let source = blob.clone();
     let pieces = futures_util::stream::iter(0..blob.mib).map(move |i| Ok::<_, std::io::Error>(source.piece(i)));
     let r = client
@@ -253,6 +276,37 @@ async fn pull(client: &Client, base: &str, repo: &str, digest: &str, len: u64) -
         bail!("pulled {got} bytes with digest {pulled}, expected {len} bytes {digest}");
     }
     Ok(elapsed)
+}
+
+/// What a sha512 digest costs on an upload begun without `digest-algorithm`: the registry
+/// hashed it with sha256 as it arrived and reads it back once to check the sha512 digest.
+/// Compared, in rounds and each with a fresh blob, with the same push closed with its sha256
+/// digest and with a push that announced sha512 up front.
+async fn sha512_cost(client: &Client, base: &str, repo: &str, mib: usize, repeat: usize) -> Result<()> {
+    let kinds = [
+        ("sha256, no digest-algorithm", "", false),
+        ("sha512, ?digest-algorithm=sha512", "?digest-algorithm=sha512", true),
+        ("sha512, no digest-algorithm (read back)", "", true),
+    ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); kinds.len()];
+    for _ in 0..repeat {
+        for (i, (_, query, sha512)) in kinds.iter().enumerate() {
+            let blob = BlobSource::new(mib);
+            let digest = if *sha512 { blob.digest_with::<sha2::Sha512>("sha512") } else { blob.digest() };
+            times[i].push(push_streamed_with(client, base, repo, &blob, &digest, query).await?);
+        }
+    }
+    for ((what, _, _), times) in kinds.iter().zip(&times) {
+        report(&format!("push, one streamed PATCH, {what}"), mib, times);
+    }
+    let seconds = |times: &[Duration]| median(&mut times.iter().map(Duration::as_secs_f64).collect::<Vec<_>>());
+    let (announced, read_back) = (seconds(&times[1]), seconds(&times[2]));
+    println!(
+        "  the read-back costs {:.2} s per {mib} MiB push ({:.0} % of the announced sha512 push's time)",
+        read_back - announced,
+        100.0 * (read_back - announced) / announced
+    );
+    Ok(())
 }
 
 /// Pushes a small image tagged `bench` for the manifest requests.
@@ -496,6 +550,10 @@ async fn main() -> Result<()> {
         }
         report("pull, digest verified", args.blob_mib, &times);
         report_rss("the pulls");
+    }
+    if runs("sha512") {
+        sha512_cost(&client, &base, repo, args.blob_mib, args.repeat.max(1)).await?;
+        report_rss("the sha512 pushes");
     }
     if runs("head") || runs("get") {
         push_small_image(&client, &base, repo).await?;

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub auth: IntCounterVec,
     /// Abandoned uploads the janitor removed.
     pub uploads_swept: IntCounter,
+    /// Requests sent to the S3 store, by S3 operation (`PutObject`, `UploadPart`, …), retries
+    /// included: how a blob travelled, and what the store is billed for.
+    pub s3_requests: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -143,6 +146,7 @@ impl Metrics {
             ),
             auth: counter_vec(r, "berth_auth_total", "Authentication and authorisation outcomes", &["mode", "outcome"]),
             uploads_swept: counter(r, "berth_uploads_swept_total", "Abandoned uploads removed"),
+            s3_requests: counter_vec(r, "berth_s3_requests_total", "Requests sent to the S3 store", &["operation"]),
             registry,
         }
     }

@@ -157,24 +157,29 @@ impl Registry {
             session.algorithm = digest.algorithm();
             session.hash_state = Hasher::new(session.algorithm).save();
         }
+        // A digest of another algorithm than the upload was hashed with (the client sent no
+        // `digest-algorithm`, which the spec only recommends) is checked by reading the bytes
+        // back once, rather than hashing every upload with every algorithm as it arrives.
+        let read_back = session.algorithm != digest.algorithm();
         let mut hasher = restore_hasher(&session)?;
         let mut writer = None;
         if let Some(chunk) = chunk {
-            let (w, received) = self.receive(&session, lock, chunk, Some(digest), &mut hasher).await?;
+            // Unverified bytes are never written where the blob would end up.
+            let announced = (!read_back).then_some(digest);
+            let (w, received) = self.receive(&session, lock, chunk, announced, &mut hasher).await?;
             writer = w;
             session.offset += received;
         }
-        if session.algorithm != digest.algorithm() {
-            drop(writer);
-            self.discard(&session).await;
-            return Err(Error::DigestInvalid(format!(
-                "the upload was hashed with {} but the digest is {}; start the upload with ?digest-algorithm={}",
-                session.algorithm,
-                digest.algorithm(),
-                digest.algorithm()
-            )));
-        }
-        let computed = hasher.finish();
+        let computed = if read_back {
+            if let Some(writer) = writer.take() {
+                session.handle = writer.finish(None).await?;
+            }
+            // Saved with the handle should the store move the bytes to read them.
+            session.hash_state = hasher.save();
+            self.hash_upload(&mut session, lock, digest).await?
+        } else {
+            hasher.finish()
+        };
         if computed != *digest {
             drop(writer);
             self.discard(&session).await;
@@ -227,6 +232,34 @@ impl Registry {
             )));
         }
         Ok(size)
+    }
+
+    /// Hashes the bytes of an upload whose chunks are all in with `digest`'s algorithm, read
+    /// back from the store a buffer at a time. When the store moved them to read them, the
+    /// session is saved with its new handle, so that a closing PUT retried after a failure
+    /// finds the upload as it now is.
+    async fn hash_upload(
+        &self,
+        session: &mut UploadSession,
+        lock: &HeldLock,
+        digest: &Digest,
+    ) -> Result<Digest, Error> {
+        let (handle, mut bytes) = self.blobs.read_upload(&session.id, &session.handle, session.offset).await?;
+        if handle != session.handle {
+            session.handle = handle;
+            self.save(session, lock).await?;
+        }
+        let mut hasher = Hasher::new(digest.algorithm());
+        let mut read = 0u64;
+        while let Some(chunk) = bytes.next().await {
+            let chunk = chunk?;
+            read += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        if read != session.offset {
+            return Err(Error::Internal(format!("upload {} read back {read} bytes of {}", session.id, session.offset)));
+        }
+        Ok(hasher.finish())
     }
 
     /// Uploads a whole blob in one request (`POST ?digest=` with a body).

@@ -114,8 +114,7 @@ impl BlobStore for FilesystemStore {
             }
             None => file.metadata().await?.len(),
         };
-        let reader = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_BUFFER);
-        Ok(reader.map(|chunk| chunk.map_err(StorageError::from)).boxed())
+        Ok(file_stream(file, len))
     }
 
     async fn delete(&self, digest: &Digest, _location: Option<&str>) -> Result<(), StorageError> {
@@ -160,6 +159,19 @@ impl BlobStore for FilesystemStore {
         let (queue, receiver) = mpsc::channel(QUEUED_WRITES);
         let disk = tokio::task::spawn_blocking(move || write_loop(file, offset, receiver));
         Ok(Box::new(FileWriter { buffer: BytesMut::new(), queue, disk, _guard: guard }))
+    }
+
+    async fn read_upload(
+        &self,
+        id: &str,
+        handle: &UploadHandle,
+        size: u64,
+    ) -> Result<(UploadHandle, ByteStream), StorageError> {
+        let file = tokio::fs::File::open(self.upload_dir(id)?.join("data")).await.map_err(not_found_as)?;
+        if file.metadata().await?.len() < size {
+            return Err(StorageError::Io(std::io::Error::other("upload file is shorter than the upload's size")));
+        }
+        Ok((handle.clone(), file_stream(file, size)))
     }
 
     async fn commit_upload(
@@ -211,6 +223,12 @@ impl BlobStore for FilesystemStore {
         let meta = tokio::fs::metadata(self.root.join("blobs")).await?;
         if meta.is_dir() { Ok(()) } else { Err(StorageError::Unavailable("blobs is not a directory".into())) }
     }
+}
+
+/// The next `len` bytes of `file`, read a buffer at a time.
+fn file_stream(file: tokio::fs::File, len: u64) -> ByteStream {
+    let reader = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_BUFFER);
+    reader.map(|chunk| chunk.map_err(StorageError::from)).boxed()
 }
 
 /// Truncates the upload to `size`, makes it durable and moves it to `target` (unless a blob

@@ -65,6 +65,15 @@ impl BlobStore for Instrumented {
         Ok(Box::new(Counted { inner, backend: self.kind() }))
     }
 
+    async fn read_upload(
+        &self,
+        id: &str,
+        handle: &UploadHandle,
+        size: u64,
+    ) -> Result<(UploadHandle, ByteStream), StorageError> {
+        timed(self.kind(), "read_upload", self.0.read_upload(id, handle, size)).await
+    }
+
     async fn commit_upload(
         &self,
         id: &str,

@@ -129,6 +129,19 @@ pub trait BlobStore: Send + Sync + 'static {
         digest: Option<&Digest>,
     ) -> Result<Box<dyn UploadWriter>, StorageError>;
 
+    /// The first `size` bytes of an upload in progress, all of its chunks finished, streamed:
+    /// for checking a closing digest of another algorithm than the one the upload was hashed
+    /// with as it arrived. The store may first move the bytes to where it can read them, but
+    /// only to a place of this upload's own, never where a blob of some digest is kept: they
+    /// are not verified yet. The handle returned replaces the session's for the commit or
+    /// abort that follows.
+    async fn read_upload(
+        &self,
+        id: &str,
+        handle: &UploadHandle,
+        size: u64,
+    ) -> Result<(UploadHandle, ByteStream), StorageError>;
+
     /// Makes the first `size` bytes of the upload the blob `digest` (already verified by
     /// the caller) and releases the upload. Returns the blob's location when it is not at
     /// its content-addressed place.

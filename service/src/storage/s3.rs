@@ -73,6 +73,7 @@ impl RequestCounts {
 
     fn add(&self, operation: &str) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(operation.to_owned()).or_default() += 1;
+        crate::metrics::Metrics::get().s3_requests.with_label_values(&[operation]).inc();
     }
 }
 
@@ -128,6 +129,10 @@ struct S3Upload {
     /// chunk came with its verified digest).
     #[serde(default)]
     stored: bool,
+    /// The multipart upload was completed at `key`, this upload's own, so that its bytes
+    /// could be read back to check a digest of another algorithm; not yet a blob.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    completed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -295,6 +300,65 @@ impl Inner {
         let request = if self.options.unsigned_payload { request.disable_payload_signing() } else { request };
         request.send().await.map_err(|e| s3_error("PutObject", e))?;
         Ok(())
+    }
+
+    /// An object's bytes, or a range of them, as they arrive.
+    async fn stream(&self, key: &str, range: Option<ByteRange>) -> Result<ByteStream, StorageError> {
+        let request = self.client.get_object().bucket(self.bucket()).key(key);
+        let request = match range {
+            Some(r) => request.range(format!("bytes={}-{}", r.start, r.end)),
+            None => request,
+        };
+        let output = request.send().await.map_err(|e| s3_error("GetObject", e))?;
+        let body = futures_util::stream::unfold(output.body, |mut body| async move {
+            match body.try_next().await {
+                Ok(Some(bytes)) => Some((Ok(bytes), body)),
+                Ok(None) => None,
+                Err(e) => Some((Err(StorageError::Unavailable(format!("GetObject body: {e}"))), body)),
+            }
+        });
+        Ok(Box::pin(body))
+    }
+
+    /// Completes the upload's multipart upload where it is, its tail (the bytes after the
+    /// last full part) becoming the short last part, copied inside the store: at most one
+    /// part's worth, never the blob. Returns the key.
+    async fn complete_multipart(&self, state: &mut S3Upload) -> Result<String, StorageError> {
+        let (Some(key), Some(upload_id)) = (state.key.clone(), state.upload_id.clone()) else {
+            return Err(StorageError::Io(std::io::Error::other("the upload has no multipart upload to complete")));
+        };
+        if let Some(tail) = state.tail.take() {
+            let number = state.next_part();
+            let copied = self
+                .client
+                .upload_part_copy()
+                .bucket(self.bucket())
+                .key(&key)
+                .upload_id(&upload_id)
+                .part_number(number as i32)
+                .copy_source(self.copy_source(&tail.key))
+                .send()
+                .await
+                .map_err(|e| s3_error("UploadPartCopy", e))?;
+            let etag = copied.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default().to_owned();
+            state.parts.push(Part { number, etag, size: tail.size });
+        }
+        let parts = state
+            .parts
+            .iter()
+            .map(|p| CompletedPart::builder().part_number(p.number as i32).e_tag(&p.etag).build())
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(self.bucket())
+            .key(&key)
+            .upload_id(&upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| s3_error("CompleteMultipartUpload", e))?;
+        state.completed = true;
+        Ok(key)
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
@@ -505,21 +569,7 @@ impl BlobStore for S3Store {
         range: Option<ByteRange>,
     ) -> Result<ByteStream, StorageError> {
         let inner = &self.inner;
-        let key = inner.key_of(digest, location);
-        let request = inner.client.get_object().bucket(inner.bucket()).key(&key);
-        let request = match range {
-            Some(r) => request.range(format!("bytes={}-{}", r.start, r.end)),
-            None => request,
-        };
-        let output = request.send().await.map_err(|e| s3_error("GetObject", e))?;
-        let body = futures_util::stream::unfold(output.body, |mut body| async move {
-            match body.try_next().await {
-                Ok(Some(bytes)) => Some((Ok(bytes), body)),
-                Ok(None) => None,
-                Err(e) => Some((Err(StorageError::Unavailable(format!("GetObject body: {e}"))), body)),
-            }
-        });
-        Ok(Box::pin(body))
+        inner.stream(&inner.key_of(digest, location), range).await
     }
 
     async fn redirect_url(&self, digest: &Digest, location: Option<&str>) -> Result<Option<String>, StorageError> {
@@ -595,6 +645,32 @@ impl BlobStore for S3Store {
         }))
     }
 
+    async fn read_upload(
+        &self,
+        _id: &str,
+        handle: &UploadHandle,
+        size: u64,
+    ) -> Result<(UploadHandle, ByteStream), StorageError> {
+        let inner = &self.inner;
+        let mut state = S3Upload::from_handle(handle)?;
+        if state.stored || state.content_addressed {
+            return Err(StorageError::Io(std::io::Error::other("the upload is already at a blob's key")));
+        }
+        let key = match (&state.upload_id, &state.tail) {
+            (Some(_), _) if state.completed => state.key.clone().unwrap_or_default(),
+            // Parts of a multipart upload cannot be read until it is complete; it completes
+            // at the upload's own key, `objects/<id>`, which no other blob ever shares.
+            (Some(_), _) => inner.complete_multipart(&mut state).await?,
+            (None, Some(tail)) => tail.key.clone(),
+            (None, None) => return Ok((handle.clone(), Box::pin(futures_util::stream::empty()))),
+        };
+        let body = match size {
+            0 => Box::pin(futures_util::stream::empty()),
+            _ => inner.stream(&key, Some(ByteRange { start: 0, end: size - 1 })).await?,
+        };
+        Ok((state.to_handle(), body))
+    }
+
     async fn commit_upload(
         &self,
         id: &str,
@@ -607,39 +683,9 @@ impl BlobStore for S3Store {
         let location = if state.stored {
             None
         } else if let (Some(key), Some(upload_id)) = (state.key.clone(), state.upload_id.clone()) {
-            if let Some(tail) = state.tail.take() {
-                // The bytes after the last full part become the (short) last part, copied
-                // inside the store: at most one part's worth, never the blob.
-                let number = state.next_part();
-                let copied = inner
-                    .client
-                    .upload_part_copy()
-                    .bucket(inner.bucket())
-                    .key(&key)
-                    .upload_id(&upload_id)
-                    .part_number(number as i32)
-                    .copy_source(inner.copy_source(&tail.key))
-                    .send()
-                    .await
-                    .map_err(|e| s3_error("UploadPartCopy", e))?;
-                let etag = copied.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default().to_owned();
-                state.parts.push(Part { number, etag, size: tail.size });
+            if !state.completed {
+                inner.complete_multipart(&mut state).await?;
             }
-            let parts = state
-                .parts
-                .iter()
-                .map(|p| CompletedPart::builder().part_number(p.number as i32).e_tag(&p.etag).build())
-                .collect();
-            inner
-                .client
-                .complete_multipart_upload()
-                .bucket(inner.bucket())
-                .key(&key)
-                .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-                .send()
-                .await
-                .map_err(|e| s3_error("CompleteMultipartUpload", e))?;
             if state.content_addressed {
                 None
             } else {
@@ -681,6 +727,8 @@ impl BlobStore for S3Store {
         let inner = &self.inner;
         let state = handle.map(S3Upload::from_handle).transpose()?.unwrap_or_default();
         match (&state.key, &state.upload_id) {
+            // Completed only to be read back, at the upload's own key: no blob is there yet.
+            (Some(key), Some(_)) if state.completed => inner.delete_keys(vec![key.clone()]).await?,
             (Some(key), Some(upload_id)) => inner.abort_multipart(key, upload_id).await?,
             _ => {
                 // The session is gone: find the multipart upload by its key (or, for an

@@ -156,6 +156,37 @@ pub async fn deleted_blobs_are_gone(store: Arc<dyn BlobStore>) {
     store.delete(&d, at.as_deref()).await.unwrap();
 }
 
+/// An upload in progress reads back whole, before it is committed (for a digest of another
+/// algorithm), and is then committed or aborted from the handle the read gave back. Nothing of
+/// it is at a blob's place until the commit.
+pub async fn uploads_read_back_before_they_are_committed(store: Arc<dyn BlobStore>) {
+    // Small (a tail only), and large (a multipart upload with a tail), for an object store.
+    for (len, seed) in [(3_000usize, 7u8), ((12 << 20) + 5, 8)] {
+        let data = pattern(len, seed);
+        let d = Digest::compute(Algorithm::Sha512, &data);
+        for commit in [true, false] {
+            let id = id();
+            let half = len / 2;
+            let handle = upload(&*store, &id, &[&data[..half], &data[half..]]).await;
+            let (handle, mut bytes) = store.read_upload(&id, &handle, len as u64).await.unwrap();
+            let mut back = Vec::new();
+            while let Some(chunk) = bytes.next().await {
+                back.extend_from_slice(&chunk.unwrap());
+            }
+            assert!(back == data, "{len} bytes read back");
+            assert_eq!(store.stat(&d, None).await.unwrap(), None, "not yet a blob");
+            if commit {
+                let at = store.commit_upload(&id, &handle, len as u64, &d).await.unwrap();
+                assert!(read(&*store, &d, at.as_deref(), None).await == data);
+                store.delete(&d, at.as_deref()).await.unwrap();
+            } else {
+                store.abort_upload(&id, Some(&handle)).await.unwrap();
+            }
+            assert!(store.list_uploads().await.unwrap().iter().all(|u| u.id != id));
+        }
+    }
+}
+
 /// The whole case list, for every backend.
 macro_rules! blob_store_contract {
     ($backend:ident, $make:ident) => {
@@ -171,6 +202,7 @@ macro_rules! blob_store_contract {
                 committing_an_existing_digest_keeps_one_copy,
                 aborted_uploads_leave_nothing,
                 deleted_blobs_are_gone,
+                uploads_read_back_before_they_are_committed,
             ]
         );
     };
