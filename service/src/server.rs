@@ -13,7 +13,7 @@ use crate::auth::htpasswd::Htpasswd;
 use crate::auth::limiter::Limiter;
 use crate::auth::rules::AccessRules;
 use crate::auth::token::{self, Tokens, TrustedIssuer};
-use crate::auth::{Authorizer, Mode};
+use crate::auth::{Authorizer, Limits, Mode};
 use crate::config::{AuthMode, Settings, StorageKind};
 use crate::metadata::MetadataStore;
 use crate::metadata::sql::SqlMetadata;
@@ -108,19 +108,24 @@ pub async fn build_authorizer(settings: &Settings) -> anyhow::Result<Authorizer>
     } else {
         None
     };
-    let window = Duration::from_secs(settings.login_failure_window);
-    let limiter = match &settings.redis_url {
+    let counter = |max: u32, window: Duration, namespace: &str| match &settings.redis_url {
         Some(url) => Limiter::in_redis(
-            settings.login_max_failures,
+            max,
             window,
             url.expose(),
             settings.redis_ca_file.as_deref(),
             &settings.redis_prefix,
+            namespace,
         )
-        .map_err(anyhow::Error::msg)?,
-        None => Limiter::in_memory(settings.login_max_failures, window),
+        .map_err(anyhow::Error::msg),
+        None => Ok(Limiter::in_memory(max, window)),
     };
-    Ok(Authorizer::new(mode, users, rules, tokens, limiter, settings.external_url.clone(), settings.service.clone()))
+    let limits = Limits {
+        logins: counter(settings.login_max_failures, Duration::from_secs(settings.login_failure_window), "login")?,
+        // A token lives at most `token_ttl`: remembering its refusals longer is useless.
+        refused_scopes: counter(1, Duration::from_secs(settings.token_ttl), "refused-scope")?,
+    };
+    Ok(Authorizer::new(mode, users, rules, tokens, limits, settings.external_url.clone(), settings.service.clone()))
 }
 
 /// The external issuer's keys: fetched when `source` is a URL, read when it is a file.

@@ -100,8 +100,10 @@ impl ApiError {
             ApiError::NotFound(_) => (S::NOT_FOUND, Code::NameUnknown),
             ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, Code::Unsupported),
             ApiError::Auth(denial) => match denial {
-                Denial::Unauthenticated { .. } => (S::UNAUTHORIZED, Code::Unauthorized),
-                Denial::Forbidden(_) | Denial::InsufficientScope { .. } => (S::FORBIDDEN, Code::Denied),
+                Denial::Unauthenticated { .. } | Denial::InsufficientScope { again: false, .. } => {
+                    (S::UNAUTHORIZED, Code::Unauthorized)
+                }
+                Denial::Forbidden(_) | Denial::InsufficientScope { again: true, .. } => (S::FORBIDDEN, Code::Denied),
                 Denial::TooManyAttempts { .. } => (S::TOO_MANY_REQUESTS, Code::TooManyRequests),
                 Denial::BadRequest(_) => (S::BAD_REQUEST, Code::Unsupported),
             },

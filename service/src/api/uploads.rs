@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::error::ApiResult;
 use super::headers::{self as h, query_value};
-use super::{AppState, State, authorized, body};
+use super::{AppState, State, authorized, body, caller};
 use crate::auth::Action;
 use crate::oci::{Algorithm, Digest, RepoName};
 use crate::registry::{Chunk, Error, UploadState};
@@ -55,16 +55,27 @@ pub async fn start(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let name = authorized(&state, &req, &path, &[Action::Pull, Action::Push]).await?;
     let query = h::query_pairs(&req);
+    let mount_from = match (query_value(&query, "mount"), query_value(&query, "from")) {
+        (Some(_), Some(from)) => Some(super::repository(from)?),
+        _ => None,
+    };
+    let (name, may_mount) = match &mount_from {
+        Some(from) => {
+            let name = super::repository(&path)?;
+            // A source the caller may not read is treated as one that lacks the blob.
+            let readable = state.auth.check_mount(&caller(&state, &req), &name, from).await?;
+            (name, readable)
+        }
+        None => (authorized(&state, &req, &path, &[Action::Pull, Action::Push]).await?, false),
+    };
     let registry = &state.registry;
     if let Some(mount) = query_value(&query, "mount") {
         let digest = h::digest(mount)?;
-        if let Some(from) = query_value(&query, "from") {
-            let from = authorized(&state, &req, from, &[Action::Pull]).await?;
-            if registry.mount_blob(&name, &digest, &from).await?.is_some() {
-                return Ok(created(&name, &digest));
-            }
+        if let (Some(from), true) = (&mount_from, may_mount)
+            && registry.mount_blob(&name, &digest, from).await?.is_some()
+        {
+            return Ok(created(&name, &digest));
         }
     } else if let Some(digest) = query_value(&query, "digest") {
         let digest = h::digest(digest)?;

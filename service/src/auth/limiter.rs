@@ -1,6 +1,7 @@
-//! Failed logins, counted per user and per client address. Past the limit, logins from that
-//! user or address are refused until the window ends. With Redis configured the counts are
-//! shared by every replica, so spreading guesses over replicas does not help.
+//! Events counted per key over a window: failed logins, per user and per client address (past
+//! the limit, logins from that user or address are refused until the window ends), and the
+//! tokens already told that they lack a scope. With Redis configured the counts are shared by
+//! every replica, so spreading guesses over replicas does not help.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -32,17 +33,20 @@ impl Limiter {
         Limiter { max_failures, window, counts: Counts::Memory(Mutex::new(HashMap::new())) }
     }
 
+    /// Counts kept in Redis under `<prefix><namespace>:`, shared by every replica.
     pub fn in_redis(
         max_failures: u32,
         window: Duration,
         url: &str,
         ca_file: Option<&std::path::Path>,
         prefix: &str,
+        namespace: &str,
     ) -> Result<Limiter, String> {
         let client = crate::sessions::redis::client(url, ca_file)?;
         let connection = ConnectionManager::new_lazy_with_config(client, redis::aio::ConnectionManagerConfig::new())
             .map_err(|e| format!("cannot set up Redis connection: {e}"))?;
-        Ok(Limiter { max_failures, window, counts: Counts::Redis { connection, prefix: format!("{prefix}login:") } })
+        let prefix = format!("{prefix}{namespace}:");
+        Ok(Limiter { max_failures, window, counts: Counts::Redis { connection, prefix } })
     }
 
     /// How long logins for these keys (`user:…`, `addr:…`) stay refused, if they are.

@@ -131,10 +131,14 @@ pub enum Denial {
     /// Authenticated, but not allowed: 403.
     #[error("{0}")]
     Forbidden(String),
-    /// A valid token that does not grant the access asked for: 403, with a challenge naming
-    /// the scope needed (RFC 6750, section 3.1), so that a client can ask for a token with it.
+    /// A valid token that does not grant the access asked for, with a challenge naming the
+    /// scope needed and `error="insufficient_scope"`: 401 the first time, as distribution
+    /// answers, so that a client asks for a token with that scope and tries again (crane, the
+    /// conformance suites, containerd, oras-go); 403, as RFC 6750 has it, when the same token
+    /// comes back for the same scope (oras-py sends it again after a 401, and asks for a new
+    /// token only after a 403).
     #[error("{message}")]
-    InsufficientScope { challenge: String, message: String },
+    InsufficientScope { challenge: String, message: String, again: bool },
     /// Too many failed logins: 429.
     #[error("too many failed logins; try again in {} seconds", .retry_after.as_secs())]
     TooManyAttempts { retry_after: Duration },
@@ -150,12 +154,31 @@ pub enum Mode {
     Token,
 }
 
+/// What the authorizer counts, for a time, per key.
+pub struct Limits {
+    /// Failed logins, per user and per address.
+    pub logins: Limiter,
+    /// Tokens already answered 401 for lacking a scope, with the scope: the same token sent
+    /// again for it gets 403.
+    pub refused_scopes: Limiter,
+}
+
+impl Limits {
+    /// Counts kept in this process only.
+    pub fn in_memory(login_max_failures: u32, window: Duration, token_ttl: Duration) -> Limits {
+        Limits {
+            logins: Limiter::in_memory(login_max_failures, window),
+            refused_scopes: Limiter::in_memory(1, token_ttl),
+        }
+    }
+}
+
 pub struct Authorizer {
     mode: Mode,
     users: Option<Htpasswd>,
     rules: AccessRules,
     tokens: Option<Arc<Tokens>>,
-    limiter: Limiter,
+    limits: Limits,
     /// `BERTH_EXTERNAL_URL`: where clients reach Berth, for the token realm.
     external_url: Option<String>,
     service: String,
@@ -175,7 +198,7 @@ impl Authorizer {
             users: None,
             rules: AccessRules::logged_in_may_do_everything(),
             tokens: None,
-            limiter: Limiter::in_memory(u32::MAX, Duration::ZERO),
+            limits: Limits::in_memory(u32::MAX, Duration::ZERO, Duration::ZERO),
             external_url: None,
             service: "berth".into(),
         }
@@ -186,7 +209,7 @@ impl Authorizer {
         users: Option<Htpasswd>,
         rules: AccessRules,
         tokens: Option<Tokens>,
-        limiter: Limiter,
+        limits: Limits,
         external_url: Option<String>,
         service: String,
     ) -> Authorizer {
@@ -195,7 +218,7 @@ impl Authorizer {
             users,
             rules,
             tokens: tokens.map(Arc::new),
-            limiter,
+            limits,
             external_url: external_url.map(|u| u.trim_end_matches('/').to_owned()),
             service,
         }
@@ -210,11 +233,17 @@ impl Authorizer {
     }
 
     fn challenge(&self, caller: &Caller, scope: &Scope<'_>, error: Option<&str>) -> String {
+        self.challenge_for(caller, scope.challenge().as_deref(), error)
+    }
+
+    /// The `WWW-Authenticate` challenge naming `scope` (scopes separated by spaces, as one
+    /// `scope` parameter carries several).
+    fn challenge_for(&self, caller: &Caller, scope: Option<&str>, error: Option<&str>) -> String {
         match self.mode {
             Mode::Token => {
                 let realm = format!("{}/token", self.external_url.as_deref().unwrap_or(&caller.origin));
                 let mut challenge = format!("Bearer realm=\"{realm}\",service=\"{}\"", self.service);
-                if let Some(scope) = scope.challenge() {
+                if let Some(scope) = scope {
                     challenge.push_str(&format!(",scope=\"{scope}\""));
                 }
                 if let Some(error) = error {
@@ -235,11 +264,76 @@ impl Authorizer {
         let outcome = match self.mode {
             Mode::None => return Ok(Identity::Anonymous),
             Mode::Basic => self.check_basic(caller, scope).await,
-            Mode::Token => self.check_token(caller, scope),
+            Mode::Token => self.check_token(caller, scope).await,
         };
-        self.count(match &outcome {
-            Ok(Identity::Anonymous) => "allowed_anonymous",
-            Ok(Identity::User(_)) => "allowed",
+        self.count_outcome(outcome.as_ref().map(|who| *who == Identity::Anonymous));
+        outcome
+    }
+
+    /// Whether `caller` may mount a blob of `from` into `to`. Pushing to `to` is required (a
+    /// refusal is a [`Denial`]); `Ok(false)` when `from` may not be read, and the mount becomes
+    /// an ordinary upload, as the spec has it for a blob that cannot be mounted.
+    ///
+    /// In token mode, a token that says nothing of `from` gets a challenge naming both
+    /// repositories, so that the client asks for a token with both and tries again; a token
+    /// whose `from` entry lacks `pull` was asked for it and refused.
+    pub async fn check_mount(&self, caller: &Caller, to: &RepoName, from: &RepoName) -> Result<bool, Denial> {
+        const PUSH: &[Action] = &[Action::Pull, Action::Push];
+        const PULL: &[Action] = &[Action::Pull];
+        match self.mode {
+            Mode::None => Ok(true),
+            Mode::Basic => {
+                let who = self.check(caller, Scope::Repository(to, PUSH)).await?;
+                Ok(self.rules_allow(&who, &Scope::Repository(from, PULL)))
+            }
+            Mode::Token => {
+                let (to_scope, from_scope) = (Scope::Repository(to, PUSH), Scope::Repository(from, PULL));
+                let both = format!(
+                    "{} {}",
+                    to_scope.challenge().unwrap_or_default(),
+                    from_scope.challenge().unwrap_or_default()
+                );
+                let outcome = match self.verified_claims(caller, Some(&both)) {
+                    Err(denial) => Err(denial),
+                    Ok(claims) => {
+                        let asked_for_from =
+                            claims.access.iter().any(|e| e.kind == "repository" && e.name == from.as_str());
+                        match (covers(&claims, &to_scope), covers(&claims, &from_scope)) {
+                            (true, true) => Ok(true),
+                            (true, false) if asked_for_from => Ok(false),
+                            _ => Err(self.insufficient_scope(caller, &claims, &both).await),
+                        }
+                    }
+                };
+                self.count_outcome(outcome.as_ref().map(|_| false));
+                outcome
+            }
+        }
+    }
+
+    /// A valid token without the access a request needs: 401 with a challenge naming the
+    /// scope it needs and `error="insufficient_scope"`, as distribution answers, so that the
+    /// client fetches a token with that scope and tries again (crane deletes with a `pull,push`
+    /// token first). Should the user not have that access, the new token lacks it too and the
+    /// retry is refused the same way.
+    async fn insufficient_scope(&self, caller: &Caller, claims: &Claims, scope: &str) -> Denial {
+        let key = [format!("{}:{scope}", claims.jti)];
+        let again = self.limits.refused_scopes.blocked(&key).await.is_some();
+        if !again {
+            self.limits.refused_scopes.failed(&key).await;
+        }
+        Denial::InsufficientScope {
+            challenge: self.challenge_for(caller, Some(scope), Some("insufficient_scope")),
+            message: format!("the token does not grant this access; it needs {scope}"),
+            again,
+        }
+    }
+
+    /// Counts an access decision; `Ok(true)` when an anonymous caller was let through.
+    fn count_outcome(&self, outcome: Result<bool, &Denial>) {
+        self.count(match outcome {
+            Ok(true) => "allowed_anonymous",
+            Ok(false) => "allowed",
             Err(Denial::Unauthenticated { challenge, .. }) if challenge.contains("invalid_token") => "invalid_token",
             Err(Denial::Unauthenticated { .. }) => "unauthenticated",
             Err(Denial::InsufficientScope { .. }) => "insufficient_scope",
@@ -247,7 +341,6 @@ impl Authorizer {
             Err(Denial::TooManyAttempts { .. }) => "rate_limited",
             Err(Denial::BadRequest(_)) => "bad_request",
         });
-        outcome
     }
 
     /// Counts an outcome in the `berth_auth_total` metric.
@@ -275,21 +368,29 @@ impl Authorizer {
         }
     }
 
-    fn check_token(&self, caller: &Caller, scope: Scope<'_>) -> Result<Identity, Denial> {
-        let (Some(Credentials::Bearer(token)), Some(tokens)) = (&caller.credentials, &self.tokens) else {
-            return Err(self.unauthenticated(caller, &scope, None, "authentication required"));
-        };
-        let claims = tokens.verify(token).map_err(|e| {
-            tracing::info!(error = %e, "token refused");
-            self.unauthenticated(caller, &scope, Some("invalid_token"), "invalid or expired token")
-        })?;
+    async fn check_token(&self, caller: &Caller, scope: Scope<'_>) -> Result<Identity, Denial> {
+        let needed = scope.challenge();
+        let claims = self.verified_claims(caller, needed.as_deref())?;
         if !covers(&claims, &scope) {
-            return Err(Denial::InsufficientScope {
-                challenge: self.challenge(caller, &scope, Some("insufficient_scope")),
-                message: "the token does not grant this access".into(),
-            });
+            return Err(self.insufficient_scope(caller, &claims, needed.as_deref().unwrap_or_default()).await);
         }
         Ok(if claims.sub.is_empty() { Identity::Anonymous } else { Identity::User(claims.sub) })
+    }
+
+    /// The claims of the caller's bearer token, once its signature, issuer, audience and times
+    /// are checked; a challenge naming `scope` otherwise.
+    fn verified_claims(&self, caller: &Caller, scope: Option<&str>) -> Result<Claims, Denial> {
+        let refuse = |error, message: &str| Denial::Unauthenticated {
+            challenge: self.challenge_for(caller, scope, error),
+            message: message.to_owned(),
+        };
+        let (Some(Credentials::Bearer(token)), Some(tokens)) = (&caller.credentials, &self.tokens) else {
+            return Err(refuse(None, "authentication required"));
+        };
+        tokens.verify(token).map_err(|e| {
+            tracing::info!(error = %e, "token refused");
+            refuse(Some("invalid_token"), "invalid or expired token")
+        })
     }
 
     fn rules_allow(&self, who: &Identity, scope: &Scope<'_>) -> bool {
@@ -306,7 +407,7 @@ impl Authorizer {
     /// Checks a user's password, refusing users and addresses with too many failed logins.
     pub async fn login(&self, user: &str, password: &str, address: &str) -> Result<Identity, Denial> {
         let keys = [format!("user:{user}"), format!("addr:{address}")];
-        if let Some(retry_after) = self.limiter.blocked(&keys).await {
+        if let Some(retry_after) = self.limits.logins.blocked(&keys).await {
             self.count("login_rate_limited");
             return Err(Denial::TooManyAttempts { retry_after });
         }
@@ -318,11 +419,11 @@ impl Authorizer {
         };
         if users.verify(user, password).await {
             self.count("login_succeeded");
-            self.limiter.succeeded(&keys[0]).await;
+            self.limits.logins.succeeded(&keys[0]).await;
             Ok(Identity::User(user.to_owned()))
         } else {
             self.count("login_failed");
-            self.limiter.failed(&keys).await;
+            self.limits.logins.failed(&keys).await;
             tracing::info!(user, address, "failed login");
             Err(Denial::Unauthenticated {
                 challenge: format!("Basic realm=\"{}\"", self.service),
@@ -372,11 +473,9 @@ impl Authorizer {
                 };
                 let actions: Vec<String> =
                     wanted.into_iter().filter(|a| allowed.contains(a)).map(|a| a.as_str().to_owned()).collect();
-                (!actions.is_empty()).then(|| AccessEntry {
-                    kind: "repository".into(),
-                    name: repository.to_string(),
-                    actions,
-                })
+                // An entry is kept even when nothing is granted (the token spec's `[]`): it
+                // tells the registry that the client asked and was refused.
+                Some(AccessEntry { kind: "repository".into(), name: repository.to_string(), actions })
             }
             "registry" if name == "catalog" && actions.split(',').any(|a| a == "*") && self.rules.catalog(who) => {
                 Some(AccessEntry { kind: "registry".into(), name: "catalog".into(), actions: vec!["*".into()] })
@@ -413,7 +512,7 @@ mod tests {
             None,
             AccessRules::parse(rules).expect("rules"),
             None,
-            Limiter::in_memory(5, Duration::from_secs(60)),
+            Limits::in_memory(5, Duration::from_secs(60), Duration::from_secs(60)),
             Some("https://registry.example.com/".into()),
             "registry.example.com".into(),
         )
@@ -427,10 +526,13 @@ mod tests {
         let auth = authorizer(RULES);
         let alice = Identity::User("alice".into());
         let granted = auth.grant(&alice, &["repository:a/b:pull,push repository:other:pull".into()]);
-        assert_eq!(
-            granted,
-            [AccessEntry { kind: "repository".into(), name: "a/b".into(), actions: vec!["pull".into()] }]
-        );
+        let entry = |name: &str, actions: &[&str]| AccessEntry {
+            kind: "repository".into(),
+            name: name.into(),
+            actions: actions.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        // What was asked and refused stays in the token with no actions, as the token spec's `[]`.
+        assert_eq!(granted, [entry("a/b", &["pull"]), entry("other", &[])]);
         assert!(auth.grant(&alice, &["registry:catalog:*".into()]).is_empty());
         for tricky in
             ["repository:a/../b:pull", "repository:A/b:pull", "repository:a/b", "nonsense", "repository::pull"]
