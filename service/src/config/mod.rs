@@ -8,11 +8,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::registry::Policy;
+
+mod load;
+pub use load::{ConfigError, keys, variable};
 
 /// Where blob bytes are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +54,59 @@ pub enum AuthMode {
     Basic,
     /// Docker token auth: Berth issues JWTs at `/token` and checks them.
     Token,
+}
+
+/// Which forwarded headers a proxy in front of Berth sets, and so may be believed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TrustForwarded {
+    /// None: the client address is the connection's, the origin the `Host` header's.
+    #[default]
+    None,
+    /// `X-Forwarded-For`, `-Host` and `-Proto` (nginx, HAProxy, Traefik, AWS ALB, ingress-nginx).
+    XForwarded,
+    /// RFC 7239 `Forwarded`.
+    Forwarded,
+}
+
+impl TrustForwarded {
+    const FORMS: &'static str = "false, true (the same as x-forwarded), x-forwarded or forwarded";
+}
+
+impl Serialize for TrustForwarded {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TrustForwarded::None => serializer.serialize_bool(false),
+            TrustForwarded::XForwarded => serializer.serialize_str("x-forwarded"),
+            TrustForwarded::Forwarded => serializer.serialize_str("forwarded"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustForwarded {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = TrustForwarded;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(TrustForwarded::FORMS)
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<TrustForwarded, E> {
+                Ok(if v { TrustForwarded::XForwarded } else { TrustForwarded::None })
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TrustForwarded, E> {
+                match v {
+                    "false" => Ok(TrustForwarded::None),
+                    "true" | "x-forwarded" => Ok(TrustForwarded::XForwarded),
+                    "forwarded" => Ok(TrustForwarded::Forwarded),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// Log line format.
@@ -154,11 +208,18 @@ pub struct Settings {
     pub login_max_failures: u32,
     /// Seconds failed logins are counted over, and refused for (`BERTH_LOGIN_FAILURE_WINDOW`).
     pub login_failure_window: u64,
-    /// Take the client address from `X-Forwarded-For`/`Forwarded` (set it behind a proxy that
-    /// sets them, and only then) (`BERTH_TRUST_FORWARDED`).
-    pub trust_forwarded: bool,
+    /// Which forwarded headers the proxy in front sets: the client address, scheme and host
+    /// are then taken from them (`BERTH_TRUST_FORWARDED`). Only behind such a proxy: clients
+    /// can send these headers too.
+    pub trust_forwarded: TrustForwarded,
+    /// Proxies in front of Berth that append to the forwarded headers; the client's entry is
+    /// this many from the right (`BERTH_TRUSTED_PROXIES`).
+    pub trusted_proxies: usize,
     /// Apply database migrations at start (`BERTH_MIGRATE`).
     pub migrate: bool,
+    /// Stop at start when PostgreSQL, Redis or S3 does not answer, instead of serving 503 for
+    /// what needs it until it does (`BERTH_FAIL_FAST`).
+    pub fail_fast: bool,
     /// Allow deleting manifests, tags and blobs (`BERTH_DELETE`).
     pub delete: bool,
     /// Largest manifest accepted, in bytes (`BERTH_MAX_MANIFEST_SIZE`).
@@ -176,9 +237,11 @@ pub struct Settings {
     pub shutdown_timeout: u64,
     /// HTTP worker threads; one per CPU when unset (`BERTH_WORKERS`).
     pub workers: Option<usize>,
-    /// Separate address for `/metrics`; on the API address when unset
-    /// (`BERTH_METRICS_LISTEN`).
+    /// Separate address for `/metrics`; on the API address when unset, and there only while
+    /// authentication is off or with `metrics_token` (`BERTH_METRICS_LISTEN`).
     pub metrics_listen: Option<String>,
+    /// Bearer token `/metrics` requires, wherever it is served (`BERTH_METRICS_TOKEN`).
+    pub metrics_token: Option<Secret>,
     /// Log filter, `tracing` directive syntax such as `info,berth=debug` (`BERTH_LOG`).
     pub log: String,
     /// `text` or `json` (`BERTH_LOG_FORMAT`).
@@ -224,8 +287,10 @@ impl Default for Settings {
             token_trusted_keys: None,
             login_max_failures: 10,
             login_failure_window: 300,
-            trust_forwarded: false,
+            trust_forwarded: TrustForwarded::None,
+            trusted_proxies: 1,
             migrate: true,
+            fail_fast: false,
             delete: policy.delete_enabled,
             max_manifest_size: policy.max_manifest_size,
             upload_idle_timeout: policy.upload_idle_timeout.as_secs(),
@@ -234,6 +299,7 @@ impl Default for Settings {
             shutdown_timeout: 30,
             workers: None,
             metrics_listen: None,
+            metrics_token: None,
             // A TLS handshake sent to the plain-HTTP port (skopeo and podman try HTTPS first)
             // is logged by actix as an error; it is the client's business, not the operator's.
             log: "info,actix_http::h1::dispatcher=off".into(),
@@ -252,24 +318,20 @@ pub struct Overrides {
 }
 
 impl Settings {
-    /// Loads the layers. `config_file` comes from `--config`; `BERTH_CONFIG` is read when it
-    /// is `None`.
-    pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> Result<Settings, Box<figment::Error>> {
-        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
-        let from_env = std::env::var_os("BERTH_CONFIG").map(PathBuf::from);
-        if let Some(file) = config_file.map(Path::to_path_buf).or(from_env) {
-            if !file.is_file() {
-                return Err(Box::new(figment::Error::from(format!("config file {} does not exist", file.display()))));
-            }
-            figment = figment.merge(Toml::file(file));
-        }
-        let settings: Settings = figment
-            .merge(Env::prefixed("BERTH_").ignore(&["config"]))
-            .merge(Serialized::defaults(overrides))
-            .extract()
-            .map_err(Box::new)?;
-        settings.validate().map_err(|e| Box::new(figment::Error::from(e)))?;
-        Ok(settings)
+    /// Loads the layers from this process's environment. `config_file` comes from `--config`;
+    /// `BERTH_CONFIG` is read when it is `None`.
+    pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        load::load(config_file, env, overrides)
+    }
+
+    /// Loads the layers from the environment `env` (name, value pairs) instead of the process's.
+    pub fn load_from(
+        config_file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Settings, ConfigError> {
+        load::load(config_file, env, overrides)
     }
 
     /// The metadata database URL, SQLite in the data directory by default. SQLite files are
@@ -295,17 +357,32 @@ impl Settings {
         }
     }
 
+    /// Which forwarded headers to believe.
+    pub fn proxies(&self) -> crate::api::forwarded::Proxies {
+        crate::api::forwarded::Proxies { trust: self.trust_forwarded, hops: self.trusted_proxies }
+    }
+
     /// The settings as `berth check-config` prints them: secrets masked.
     pub fn masked(&self) -> Settings {
         let mut shown = self.clone();
         shown.database_url = shown.database_url.as_deref().map(mask_url_password);
         shown.s3_secret_access_key = shown.s3_secret_access_key.map(|_| Secret::new("***"));
         shown.redis_url = shown.redis_url.map(|url| Secret::new(mask_url_password(url.expose())));
+        shown.metrics_token = shown.metrics_token.map(|_| Secret::new("***"));
         shown
     }
 
     /// Checks what the types cannot: ranges, and settings that only make sense together.
     pub fn validate(&self) -> Result<(), String> {
+        for (name, address) in
+            [("BERTH_LISTEN", Some(&self.listen)), ("BERTH_METRICS_LISTEN", self.metrics_listen.as_ref())]
+        {
+            if let Some(address) = address
+                && !is_host_port(address)
+            {
+                return Err(format!("{name}={address}: expected HOST:PORT, e.g. 0.0.0.0:5002"));
+            }
+        }
         if self.storage == StorageKind::S3 && self.s3_bucket.as_deref().is_none_or(str::is_empty) {
             return Err("BERTH_STORAGE=s3 needs BERTH_S3_BUCKET".into());
         }
@@ -352,6 +429,9 @@ impl Settings {
         if self.token_ttl < 60 {
             return Err("BERTH_TOKEN_TTL must be at least 60 seconds (Docker clients expect that much)".into());
         }
+        if self.trusted_proxies == 0 {
+            return Err("BERTH_TRUSTED_PROXIES must be at least 1: the proxy that sets the forwarded headers".into());
+        }
         if self.s3_upload_concurrency == 0 {
             return Err("BERTH_S3_UPLOAD_CONCURRENCY must be at least 1".into());
         }
@@ -387,6 +467,16 @@ impl Settings {
     }
 }
 
+/// `host:port`, `[v6]:port` or `:port`-less forms refused: what a listener can bind.
+fn is_host_port(address: &str) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else { return false };
+    let host_ok = match host.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']').is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => !host.is_empty() && !host.contains(':'),
+    };
+    host_ok && port.parse::<u16>().is_ok()
+}
+
 /// A year in seconds: the longest duration setting accepted.
 const YEAR: u64 = 365 * 24 * 3600;
 
@@ -401,73 +491,136 @@ fn mask_url_password(url: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::result_large_err)] // figment::Jail's closures return figment's own error type
 mod tests {
     use super::*;
 
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn load(file: Option<&Path>, pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::load_from(file, env(pairs), &Overrides::default())
+    }
+
+    fn error(file: Option<&Path>, pairs: &[(&str, &str)]) -> String {
+        load(file, pairs).expect_err("refused").to_string()
+    }
+
     #[test]
     fn defaults_are_the_embedded_registry_on_localhost() {
-        figment::Jail::expect_with(|_| {
-            let s = Settings::load(None, &Overrides::default()).expect("defaults load");
-            assert_eq!(s.listen, "127.0.0.1:5000");
-            assert_eq!(s.data_dir, PathBuf::from("./data"));
-            assert_eq!(s.storage, StorageKind::Filesystem);
-            assert!(s.delete && s.migrate);
-            Ok(())
-        });
+        let s = load(None, &[("PATH", "/bin"), ("HOME", "/root")]).expect("defaults load");
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.listen, "127.0.0.1:5000");
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.storage, StorageKind::Filesystem);
+        assert!(s.delete && s.migrate);
     }
 
     #[test]
     fn file_then_environment_then_flags() {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "berth.toml",
-                "listen = \"0.0.0.0:1\"\ndata_dir = \"/from/file\"\ndelete = false\nmax_manifest_size = 10\n",
-            )?;
-            jail.set_env("BERTH_DATA_DIR", "/from/env");
-            jail.set_env("BERTH_DATABASE_URL", "sqlite:///tmp/x.db");
-            let file = Path::new("berth.toml");
-            let s = Settings::load(Some(file), &Overrides::default()).expect("loads");
-            assert_eq!(s.listen, "0.0.0.0:1");
-            assert_eq!(s.data_dir, PathBuf::from("/from/env"));
-            assert!(!s.delete);
-            assert_eq!(s.max_manifest_size, 10);
-            assert_eq!(s.database_url(), "sqlite:///tmp/x.db?mode=rwc");
-            let flags = Overrides { listen: Some("127.0.0.1:9".into()), data_dir: Some("/from/flag".into()) };
-            let s = Settings::load(Some(file), &flags).expect("loads");
-            assert_eq!((s.listen.as_str(), s.data_dir.as_path()), ("127.0.0.1:9", Path::new("/from/flag")));
-            // BERTH_CONFIG names the file when --config does not.
-            jail.set_env("BERTH_CONFIG", "berth.toml");
-            assert!(!Settings::load(None, &Overrides::default()).expect("loads").delete);
-            Ok(())
-        });
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("berth.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:1\"\ndata_dir = \"/from/file\"\ndelete = false\nmax_manifest_size = 10\n",
+        )
+        .expect("write");
+        let pairs = [("BERTH_DATA_DIR", "/from/env"), ("BERTH_DATABASE_URL", "sqlite:///tmp/x.db")];
+        let s = load(Some(&file), &pairs).expect("loads");
+        assert_eq!(s.listen, "0.0.0.0:1");
+        assert_eq!(s.data_dir, PathBuf::from("/from/env"));
+        assert!(!s.delete);
+        assert_eq!(s.max_manifest_size, 10);
+        assert_eq!(s.database_url(), "sqlite:///tmp/x.db?mode=rwc");
+        let flags = Overrides { listen: Some("127.0.0.1:9".into()), data_dir: Some("/from/flag".into()) };
+        let s = Settings::load_from(Some(&file), env(&pairs), &flags).expect("loads");
+        assert_eq!((s.listen.as_str(), s.data_dir.as_path()), ("127.0.0.1:9", Path::new("/from/flag")));
+        // BERTH_CONFIG names the file when --config does not.
+        let named = file.display().to_string();
+        assert!(!load(None, &[("BERTH_CONFIG", &named)]).expect("loads").delete);
     }
 
     #[test]
-    fn mistakes_name_the_setting() {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file("typo.toml", "lisen = \"x\"\n")?;
-            let e = Settings::load(Some(Path::new("typo.toml")), &Overrides::default()).expect_err("unknown key");
-            assert!(e.to_string().contains("lisen"), "{e}");
-            let e = Settings::load(Some(Path::new("missing.toml")), &Overrides::default()).expect_err("no file");
-            assert!(e.to_string().contains("missing.toml"), "{e}");
-            jail.set_env("BERTH_DELETE", "perhaps");
-            let e = Settings::load(None, &Overrides::default()).expect_err("not a bool");
-            assert!(e.to_string().to_lowercase().contains("delete"), "{e}");
-            jail.set_env("BERTH_DELETE", "true");
-            for (name, value) in [
-                ("BERTH_UPLOAD_IDLE_TIMEOUT", "0"),
-                ("BERTH_UPLOAD_IDLE_TIMEOUT", "99999999999"),
-                ("BERTH_S3_PRESIGN_EXPIRY", "604801"),
-            ] {
-                jail.set_env(name, value);
-                let e = Settings::load(None, &Overrides::default()).expect_err("out of range");
-                assert!(e.to_string().contains(name), "{name}={value}: {e}");
-                jail.set_env(name, "600");
-            }
-            Settings::load(None, &Overrides::default()).expect("in range again");
-            Ok(())
-        });
+    fn environment_values_take_the_type_of_their_setting() {
+        let s = load(
+            None,
+            &[
+                ("BERTH_S3_BUCKET", "12345"),
+                ("BERTH_S3_PREFIX", "2024"),
+                ("BERTH_SERVICE", "true"),
+                ("BERTH_S3_PART_SIZE", "6291456"),
+                ("BERTH_WORKERS", "3"),
+                ("BERTH_DELETE", "false"),
+                ("BERTH_S3_UNSIGNED_PAYLOAD", "true"),
+                ("BERTH_TRUST_FORWARDED", "true"),
+                ("BERTH_EXTERNAL_URL", ""),
+            ],
+        )
+        .expect("loads");
+        assert_eq!(s.s3_bucket.as_deref(), Some("12345"));
+        assert_eq!((s.s3_prefix.as_str(), s.service.as_str()), ("2024", "true"));
+        assert_eq!((s.s3_part_size, s.workers, s.delete), (6 << 20, Some(3), false));
+        assert_eq!(s.s3_unsigned_payload, Some(true));
+        assert_eq!(s.trust_forwarded, TrustForwarded::XForwarded);
+        assert_eq!(s.external_url, None, "an empty variable is an unset one");
+    }
+
+    #[test]
+    fn mistakes_name_the_setting_where_it_was_written() {
+        let dir = tempfile::tempdir().expect("dir");
+        let typo = dir.path().join("typo.toml");
+        std::fs::write(&typo, "# a comment\ndelete = true\nlisen = \"x\"\n").expect("write");
+        let e = error(Some(&typo), &[]);
+        assert_eq!(e, format!("unknown setting lisen in {}, line 3 (did you mean listen?)", typo.display()));
+        let e = error(None, &[("BERTH_LISTN", "0.0.0.0:5000")]);
+        assert_eq!(e, "unknown setting BERTH_LISTN in the environment (did you mean BERTH_LISTEN?)");
+        let e = error(Some(&dir.path().join("missing.toml")), &[]);
+        assert!(e.contains("missing.toml"), "{e}");
+        assert_eq!(error(None, &[("BERTH_DELETE", "perhaps")]), "BERTH_DELETE=perhaps: expected true or false");
+        assert_eq!(error(None, &[("BERTH_STORAGE", "s4")]), "BERTH_STORAGE=s4: expected filesystem or s3");
+        assert_eq!(error(None, &[("BERTH_S3_PART_SIZE", "big")]), "BERTH_S3_PART_SIZE=big: expected a whole number");
+        assert_eq!(
+            error(None, &[("BERTH_LISTEN", "5002")]),
+            "BERTH_LISTEN=5002: expected HOST:PORT, e.g. 0.0.0.0:5002"
+        );
+        let bad_value = dir.path().join("bad.toml");
+        std::fs::write(&bad_value, "listen = \"0.0.0.0:5000\"\ndelete = \"perhaps\"\n").expect("write");
+        assert_eq!(
+            error(Some(&bad_value), &[]),
+            format!("{}, line 2: delete = \"perhaps\": expected true or false", bad_value.display())
+        );
+        for (name, value) in [
+            ("BERTH_UPLOAD_IDLE_TIMEOUT", "0"),
+            ("BERTH_UPLOAD_IDLE_TIMEOUT", "99999999999"),
+            ("BERTH_S3_PRESIGN_EXPIRY", "604801"),
+        ] {
+            let e = error(None, &[(name, value)]);
+            assert!(e.contains(name), "{name}={value}: {e}");
+        }
+        load(None, &[("BERTH_UPLOAD_IDLE_TIMEOUT", "600")]).expect("in range");
+    }
+
+    /// The configuration reference names every setting, and only settings.
+    #[test]
+    fn the_configuration_reference_lists_every_setting() {
+        let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/reference/configuration.md"));
+        for key in keys() {
+            assert!(
+                doc.contains(&format!("`{}`", variable(key))),
+                "docs/reference/configuration.md lacks {}",
+                variable(key)
+            );
+        }
+        // Outside the examples (error messages show misspelt names on purpose).
+        let prose: String = doc.split("```").step_by(2).collect();
+        let named = prose.split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'));
+        for name in named.filter(|w| w.starts_with("BERTH_") && w.len() > "BERTH_".len() && *w != "BERTH_CONFIG") {
+            let key = name.trim_start_matches("BERTH_").to_ascii_lowercase();
+            assert!(
+                keys().contains(&key.as_str()),
+                "docs/reference/configuration.md names {name}, which is no setting"
+            );
+        }
     }
 
     #[test]
