@@ -93,7 +93,7 @@ impl ApiError {
                 Error::PaginationInvalid(_) => (S::BAD_REQUEST, Code::Unsupported),
                 Error::TooManyTags { .. } => (S::URI_TOO_LONG, Code::Unsupported),
                 Error::DeleteDisabled => (S::METHOD_NOT_ALLOWED, Code::Unsupported),
-                Error::Unavailable(_) => (S::SERVICE_UNAVAILABLE, Code::Unavailable),
+                Error::Unavailable { .. } | Error::TryAgain(_) => (S::SERVICE_UNAVAILABLE, Code::Unavailable),
                 Error::StorageFull(_) => (S::INSUFFICIENT_STORAGE, Code::Unavailable),
                 Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, Code::Internal),
             },
@@ -110,18 +110,40 @@ impl ApiError {
         }
     }
 
-    /// The `errors` entries: one per missing reference for `MANIFEST_BLOB_UNKNOWN`, as the
-    /// spec asks, one otherwise.
-    fn entries(&self, code: Code) -> Vec<serde_json::Value> {
+    /// What the client is told. Server errors say what kind of trouble it is and nothing of its
+    /// detail (an address, a path, a store's own words), which goes to the log with the
+    /// request id the answer carries.
+    fn message(&self) -> String {
         match self {
-            ApiError::Registry(Error::ManifestBlobUnknown(missing)) => missing
+            ApiError::Registry(Error::Unavailable { component, .. }) => {
+                format!("the registry's {component} is unavailable; try again shortly")
+            }
+            ApiError::Registry(Error::StorageFull(_)) => {
+                "the registry's storage is full; nothing more can be stored until space is freed".into()
+            }
+            ApiError::Registry(Error::Internal(_)) => "internal error".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The `errors` entries: one per missing reference for `MANIFEST_BLOB_UNKNOWN`, as the
+    /// spec asks, one otherwise. Server errors name the request id under which the log has
+    /// the rest.
+    fn entries(&self, code: Code, status: StatusCode) -> Vec<serde_json::Value> {
+        if let ApiError::Registry(Error::ManifestBlobUnknown(missing)) = self {
+            return missing
                 .iter()
                 .map(|d| json!({"code": code.as_str(), "message": "manifest references a blob or manifest unknown to this repository", "detail": {"digest": d.as_str()}}))
-                .collect(),
-            ApiError::Registry(Error::Internal(_)) => {
-                vec![json!({"code": code.as_str(), "message": "internal error; see the registry's log"})]
-            }
-            other => vec![json!({"code": code.as_str(), "message": other.to_string()})],
+                .collect();
+        }
+        let message = self.message();
+        match super::observe::request_id().filter(|_| status.is_server_error()) {
+            Some(id) => vec![json!({
+                "code": code.as_str(),
+                "message": format!("{message} (request id {id})"),
+                "detail": {"request_id": id},
+            })],
+            None => vec![json!({"code": code.as_str(), "message": message})],
         }
     }
 }
@@ -149,7 +171,7 @@ impl ResponseError for ApiError {
             ApiError::Registry(Error::RangeNotSatisfiable { size }) => {
                 response.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
             }
-            ApiError::Registry(Error::Unavailable(_)) => {
+            ApiError::Registry(e) if e.is_retryable() => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS)));
             }
             ApiError::Auth(Denial::Unauthenticated { challenge, .. } | Denial::InsufficientScope { challenge, .. }) => {
@@ -160,7 +182,7 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(json!({ "errors": self.entries(code) }))
+        response.json(json!({ "errors": self.entries(code, status) }))
     }
 }
 

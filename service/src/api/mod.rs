@@ -7,6 +7,7 @@
 mod blobs;
 mod body;
 pub mod error;
+pub mod forwarded;
 pub mod headers;
 mod health;
 mod listing;
@@ -28,9 +29,8 @@ use error::{ApiError, ApiResult};
 pub struct AppState {
     pub registry: Registry,
     pub auth: Authorizer,
-    /// Take the client's address from `X-Forwarded-For`/`Forwarded` (behind a proxy that sets
-    /// them), rather than from the connection.
-    pub trust_forwarded: bool,
+    /// Which forwarded headers to believe, for the client's address and origin.
+    pub proxies: forwarded::Proxies,
 }
 
 type State = web::Data<AppState>;
@@ -105,13 +105,7 @@ fn caller(state: &AppState, req: &HttpRequest) -> Caller {
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(Credentials::parse);
-    let connection = req.connection_info();
-    let address = if state.trust_forwarded {
-        connection.realip_remote_addr().unwrap_or("unknown").to_owned()
-    } else {
-        req.peer_addr().map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
-    };
-    let origin = format!("{}://{}", connection.scheme(), connection.host());
+    let forwarded::Origin { address, origin } = state.proxies.origin(req);
     Caller { credentials, address, origin }
 }
 

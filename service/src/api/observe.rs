@@ -10,6 +10,7 @@ use actix_web::http::header::{self, HeaderMap};
 use actix_web::{Error, HttpResponse};
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt as _;
+use sha2::Digest as _;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -77,6 +78,23 @@ fn trace_id(span: &tracing::Span, headers: &HeaderMap) -> String {
         .to_owned()
 }
 
+tokio::task_local! {
+    /// The id of the request being answered, for error answers to name.
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being answered, when called while answering one: what a client
+/// quotes, and what every log line of the request carries.
+pub fn request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// A request id: the trace id when there is one, so that logs and traces meet; 16 random hex
+/// digits otherwise.
+fn new_request_id(trace: &str) -> String {
+    if trace != "-" { trace.to_owned() } else { format!("{:016x}", rand::random::<u64>()) }
+}
+
 /// The middleware, for `App::wrap_fn`.
 pub fn request<S, B>(
     req: ServiceRequest,
@@ -97,14 +115,20 @@ where
         http.request.method = method,
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
+        request_id = tracing::field::Empty,
     );
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
     let _ = span.set_parent(parent);
     let trace = trace_id(&span, req.headers());
+    let request_id = new_request_id(&trace);
+    span.record("request_id", request_id.as_str());
     let in_flight = Raised::new(&metrics.requests_in_flight);
-    let response = service.call(req);
+    let response = REQUEST_ID.scope(request_id.clone(), service.call(req));
     async move {
-        let response = response.instrument(span.clone()).await?;
+        let mut response = response.instrument(span.clone()).await?;
+        if let Ok(value) = header::HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(header::HeaderName::from_static("x-request-id"), value);
+        }
         drop(in_flight);
         let elapsed = started.elapsed();
         let request = response.request();
@@ -135,6 +159,7 @@ where
             status = status.as_u16(),
             micros = elapsed.as_micros() as u64,
             trace_id = %trace,
+            request_id = %request_id,
             "request"
         );
         Ok(response)
@@ -144,6 +169,32 @@ where
 /// `GET /metrics`: the Prometheus text exposition.
 pub async fn metrics() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(Metrics::get().render())
+}
+
+/// The `/metrics` route; with a token, only a request bearing it is answered
+/// (`Authorization: Bearer <token>`, which Prometheus sends with `authorization.credentials`).
+pub fn metrics_route(token: Option<crate::config::Secret>) -> actix_web::Route {
+    let token = std::sync::Arc::new(token);
+    actix_web::web::get().to(move |req: actix_web::HttpRequest| {
+        let token = token.clone();
+        async move {
+            let Some(token) = token.as_ref() else { return metrics().await };
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            let (a, b) = (sha2::Sha256::digest(presented.as_bytes()), sha2::Sha256::digest(token.expose().as_bytes()));
+            if crate::auth::htpasswd::constant_time_eq(&a, &b) {
+                metrics().await
+            } else {
+                HttpResponse::Unauthorized()
+                    .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"metrics\""))
+                    .finish()
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
+/// Keys counted in memory at most, before single failures are forgotten.
+const MEMORY_KEYS: usize = 100_000;
+
 pub struct Limiter {
     max_failures: u32,
     window: Duration,
@@ -49,6 +52,11 @@ impl Limiter {
         Ok(Limiter { max_failures, window, counts: Counts::Redis { connection, prefix } })
     }
 
+    /// Failures at which a key is refused.
+    pub fn max_failures(&self) -> u32 {
+        self.max_failures
+    }
+
     /// How long logins for these keys (`user:…`, `addr:…`) stay refused, if they are.
     pub async fn blocked(&self, keys: &[String]) -> Option<Duration> {
         match &self.counts {
@@ -78,12 +86,31 @@ impl Limiter {
         }
     }
 
+    /// How many failures `key` has within the window.
+    pub async fn failures(&self, key: &str) -> u32 {
+        match &self.counts {
+            Counts::Memory(counts) => {
+                let counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+                counts.get(key).filter(|(_, since)| since.elapsed() < self.window).map_or(0, |(n, _)| *n)
+            }
+            Counts::Redis { connection, prefix } => {
+                let mut connection = connection.clone();
+                connection.get::<_, Option<u32>>(format!("{prefix}{key}")).await.unwrap_or(None).unwrap_or(0)
+            }
+        }
+    }
+
     /// Counts one failed login for each key.
     pub async fn failed(&self, keys: &[String]) {
         match &self.counts {
             Counts::Memory(counts) => {
                 let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
                 counts.retain(|_, (_, since)| since.elapsed() < self.window);
+                if counts.len() >= MEMORY_KEYS {
+                    // A flood of distinct keys (made-up user names): forget the single
+                    // failures first, which are what such a flood is made of.
+                    counts.retain(|_, (n, _)| *n > 1);
+                }
                 for key in keys {
                     let entry = counts.entry(key.clone()).or_insert((0, Instant::now()));
                     entry.0 += 1;

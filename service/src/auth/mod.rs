@@ -404,10 +404,17 @@ impl Authorizer {
         }
     }
 
-    /// Checks a user's password, refusing users and addresses with too many failed logins.
+    /// Checks a user's password.
+    ///
+    /// Failures are counted per user and address, per address, and per user. Past the limit,
+    /// the first two refuse logins (429) until the window ends: one address guessing, at one
+    /// user or at many, is stopped. The per-user count never refuses anything (or anyone could
+    /// lock a user out by failing from elsewhere): it only slows that user's logins down, by a
+    /// delay that doubles with every failure past the limit, up to two seconds.
     pub async fn login(&self, user: &str, password: &str, address: &str) -> Result<Identity, Denial> {
-        let keys = [format!("user:{user}"), format!("addr:{address}")];
-        if let Some(retry_after) = self.limits.logins.blocked(&keys).await {
+        let logins = &self.limits.logins;
+        let (pair, from, whom) = (format!("pair:{user}@{address}"), format!("addr:{address}"), format!("user:{user}"));
+        if let Some(retry_after) = logins.blocked(&[pair.clone(), from.clone()]).await {
             self.count("login_rate_limited");
             return Err(Denial::TooManyAttempts { retry_after });
         }
@@ -417,13 +424,17 @@ impl Authorizer {
                 message: "no users are configured".into(),
             });
         };
+        let beyond = logins.failures(&whom).await.saturating_sub(logins.max_failures());
+        if beyond > 0 {
+            tokio::time::sleep(slow_down(beyond)).await;
+        }
         if users.verify(user, password).await {
             self.count("login_succeeded");
-            self.limits.logins.succeeded(&keys[0]).await;
+            logins.succeeded(&pair).await;
             Ok(Identity::User(user.to_owned()))
         } else {
             self.count("login_failed");
-            self.limits.logins.failed(&keys).await;
+            logins.failed(&[pair, from, whom]).await;
             tracing::info!(user, address, "failed login");
             Err(Denial::Unauthenticated {
                 challenge: format!("Basic realm=\"{}\"", self.service),
@@ -487,6 +498,12 @@ impl Authorizer {
     pub fn service(&self) -> &str {
         &self.service
     }
+}
+
+/// The delay before a login of a user with `beyond` failures past the limit: 100 ms, doubled
+/// for each further failure, at most two seconds.
+fn slow_down(beyond: u32) -> Duration {
+    Duration::from_millis(100u64 << (beyond - 1).min(5)).min(Duration::from_secs(2))
 }
 
 /// Whether a token's `access` claim covers what the request needs.

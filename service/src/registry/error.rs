@@ -44,20 +44,31 @@ pub enum Error {
     TooManyTags { limit: usize },
     #[error("deletes are disabled on this registry")]
     DeleteDisabled,
-    /// A backend cannot be reached; the client may retry.
-    #[error("service unavailable: {0}")]
-    Unavailable(String),
+    /// A backend cannot be reached; the client may retry. The detail is for the log: clients
+    /// are told which part of the registry is down, never its address or its error.
+    #[error("the registry's {component} is unavailable: {detail}")]
+    Unavailable { component: &'static str, detail: String },
+    /// A request the client may retry shortly, in words meant for it.
+    #[error("{0}")]
+    TryAgain(String),
     /// The blob store or the database has no space left: nothing more can be stored until the
-    /// operator frees some. What was stored before is untouched.
+    /// operator frees some. What was stored before is untouched. The detail is for the log.
     #[error("the registry's storage is full ({0}); nothing more can be stored until space is freed")]
     StorageFull(String),
-    /// Something that is not the client's doing; details are in the server log.
+    /// Something that is not the client's doing; the detail is for the log.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 fn list(digests: &[Digest]) -> String {
     digests.iter().map(Digest::as_str).collect::<Vec<_>>().join(", ")
+}
+
+impl Error {
+    /// Whether the client may retry the request as it is.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::TryAgain(_))
+    }
 }
 
 impl From<NameError> for Error {
@@ -73,7 +84,7 @@ impl From<NameError> for Error {
 impl From<StorageError> for Error {
     fn from(e: StorageError) -> Self {
         match e {
-            StorageError::Unavailable(m) => Error::Unavailable(m),
+            StorageError::Unavailable(detail) => Error::Unavailable { component: "blob store", detail },
             StorageError::Io(ref io)
                 if matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) =>
             {
@@ -87,9 +98,9 @@ impl From<StorageError> for Error {
 impl From<MetadataError> for Error {
     fn from(e: MetadataError) -> Self {
         match e {
-            MetadataError::Unavailable(m) => Error::Unavailable(m),
+            MetadataError::Unavailable(detail) => Error::Unavailable { component: "database", detail },
             MetadataError::BlobBeingRemoved(d) => {
-                Error::Unavailable(format!("blob {d} is being garbage-collected; try again shortly"))
+                Error::TryAgain(format!("blob {d} is being garbage-collected; try again shortly"))
             }
             MetadataError::Full(m) => Error::StorageFull(m),
             MetadataError::Other(m) => Error::Internal(m),
@@ -100,7 +111,7 @@ impl From<MetadataError> for Error {
 impl From<SessionError> for Error {
     fn from(e: SessionError) -> Self {
         match e {
-            SessionError::Unavailable(m) => Error::Unavailable(m),
+            SessionError::Unavailable(detail) => Error::Unavailable { component: "session store", detail },
             SessionError::Other(m) => Error::Internal(m),
         }
     }

@@ -227,7 +227,7 @@ impl Registry {
         // client then pushes again, and is never told that a blob is there when it is not.
         if !self.bytes_present(digest, &stored).await? {
             self.forget_lost_blob(repository, digest).await?;
-            return Err(Error::Unavailable(format!(
+            return Err(Error::TryAgain(format!(
                 "blob {digest} was garbage-collected while it was being stored; push it again"
             )));
         }
@@ -401,7 +401,7 @@ async fn patiently<T>(digest: &Digest, attempt: impl AsyncFn() -> Result<T, Meta
             done => return Ok(done?),
         }
     }
-    Err(Error::Unavailable(format!(
+    Err(Error::TryAgain(format!(
         "blob {digest} is being garbage-collected and its removal has not finished; \
          if `berth gc` was interrupted, run it again"
     )))

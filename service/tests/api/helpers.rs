@@ -234,10 +234,56 @@ pub fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
     r.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Asserts the status and the OCI error code of an error response.
+/// Asserts that a server error's body says what kind of trouble it is and which request it
+/// was, and nothing of the registry's insides: no address, no file path, no `Debug` text, no
+/// backend's own words.
+pub fn assert_discreet(body: &str) {
+    let lower = body.to_ascii_lowercase();
+    for leak in [
+        "127.0.0.1",
+        "localhost",
+        "[::1]",
+        "/tmp",
+        "/var/",
+        "/home/",
+        "/root",
+        "os error",
+        "dispatch failure",
+        "error {",
+        "some(",
+        "errorkind",
+        ".rs:",
+        "sqlx",
+        "pool timed out",
+        "connection refused",
+        "headobject",
+        "putobject",
+        "getobject",
+        "uploadpart",
+        "createmultipartupload",
+        "\\n",
+    ] {
+        assert!(!lower.contains(leak), "a 5xx body gives away {leak:?}: {body}");
+    }
+    let ipv4 = body.split(|c: char| !(c.is_ascii_digit() || c == '.')).any(|w| {
+        let parts: Vec<&str> = w.split('.').collect();
+        parts.len() == 4 && parts.iter().all(|p| !p.is_empty() && p.parse::<u8>().is_ok())
+    });
+    assert!(!ipv4, "a 5xx body gives away an address: {body}");
+}
+
+/// Asserts the status and the OCI error code of an error response; a server error must also
+/// be discreet and name its request id.
 pub async fn assert_error(r: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(r.status(), status, "unexpected status");
+    let request_id = header(&r, "x-request-id").map(str::to_owned);
     let body: Value = r.json().await.expect("error body is JSON");
+    if status.is_server_error() {
+        assert_discreet(&body.to_string());
+        let id = request_id.expect("an X-Request-Id header");
+        assert_eq!(body["errors"][0]["detail"]["request_id"], Value::from(id.clone()), "{body}");
+        assert!(body["errors"][0]["message"].as_str().unwrap_or("").contains(&id), "{body}");
+    }
     let codes: Vec<&str> =
         body["errors"].as_array().expect("errors array").iter().filter_map(|e| e["code"].as_str()).collect();
     assert!(codes.contains(&code), "expected {code} in {body}");

@@ -117,7 +117,9 @@ async fn a_storage_outage_shows_in_readyz() {
     let r = app.get("/readyz").await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = r.json().await.unwrap();
+    assert_discreet(&body.to_string());
     assert_eq!(body["components"]["storage"]["status"], "unavailable", "{body}");
+    assert_eq!(body["components"]["storage"]["error"], "unreachable", "{body}");
     proxy.restore();
     wait_until(async || app.get("/readyz").await.status() == StatusCode::OK).await;
 }
