@@ -10,7 +10,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Connection, Executor, Row, Transaction};
 
 use super::{
-    BlobRecord, Collectable, MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer, StoredManifest,
+    BlobHolders, BlobRecord, Collectable, MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer,
+    StoredManifest,
 };
 use crate::oci::{Digest, Reference, RepoName, Tag};
 
@@ -23,6 +24,8 @@ pub enum Dialect {
 
 pub struct SqlMetadata {
     dialect: Dialect,
+    /// How to connect, for [`SqlMetadata::probe`].
+    options: AnyConnectOptions,
     /// Pool for reads.
     reads: AnyPool,
     /// Pool for writes. On SQLite it holds one connection: SQLite allows one writer at a
@@ -39,6 +42,18 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 impl SqlMetadata {
     /// Connects to `url` (`sqlite://…` or `postgres://…`); `migrate` applies pending migrations.
     pub async fn connect(url: &str, migrate: bool) -> Result<SqlMetadata, MetadataError> {
+        let store = SqlMetadata::open(url).await?;
+        if migrate {
+            store.probe().await?;
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+
+    /// Opens the store without waiting for a server: a SQLite file is opened (and created) at
+    /// once, a PostgreSQL pool connects when it is first used, so that a database that is down
+    /// at start makes requests fail with 503 until it is back rather than stop the start.
+    pub async fn open(url: &str) -> Result<SqlMetadata, MetadataError> {
         sqlx::any::install_default_drivers();
         let dialect = if url.starts_with("sqlite:") {
             Dialect::Sqlite
@@ -71,8 +86,8 @@ impl SqlMetadata {
                         .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
                 };
                 let writes = pool(1).connect_with(options.clone()).await.map_err(unavailable)?;
-                let reads = pool(8).connect_with(options).await.map_err(unavailable)?;
-                SqlMetadata { dialect, reads, writes }
+                let reads = pool(8).connect_with(options.clone()).await.map_err(unavailable)?;
+                SqlMetadata { dialect, options, reads, writes }
             }
             Dialect::Postgres => {
                 // A database that went away fails requests after a few seconds (503), and the
@@ -80,16 +95,24 @@ impl SqlMetadata {
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(3))
-                    .connect_with(options)
-                    .await
-                    .map_err(unavailable)?;
-                SqlMetadata { dialect, reads: pool.clone(), writes: pool }
+                    .connect_lazy_with(options.clone());
+                SqlMetadata { dialect, options, reads: pool.clone(), writes: pool }
             }
         };
-        if migrate {
-            store.migrate().await?;
-        }
         Ok(store)
+    }
+
+    /// Connects once, outside the pool, to learn whether the database answers and, if not, the
+    /// real cause (a pool only says that it timed out).
+    pub async fn probe(&self) -> Result<(), MetadataError> {
+        let connect = sqlx::AnyConnection::connect_with(&self.options);
+        let mut connection = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+            Ok(connected) => connected.map_err(db_error)?,
+            Err(_) => return Err(MetadataError::Unavailable("no answer within 5s".into())),
+        };
+        connection.execute("SELECT 1").await.map_err(db_error)?;
+        let _ = connection.close().await;
+        Ok(())
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -102,7 +125,15 @@ impl SqlMetadata {
             Dialect::Sqlite => &SQLITE_MIGRATIONS,
             Dialect::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&self.writes).await.map_err(|e| MetadataError::Other(format!("migration failed: {e}")))
+        migrator.run(&self.writes).await.map_err(|e| match e {
+            // The database went away (or never came): the migrations can run once it is back.
+            sqlx::migrate::MigrateError::Execute(inner) | sqlx::migrate::MigrateError::ExecuteMigration(inner, _)
+                if is_unreachable(&inner) =>
+            {
+                MetadataError::Unavailable(format!("migrations could not run: {inner}"))
+            }
+            other => MetadataError::Other(format!("migration failed: {other}")),
+        })
     }
 
     /// A write transaction. On SQLite it takes the write lock up front (`IMMEDIATE`): a
@@ -192,14 +223,27 @@ fn unavailable(e: impl std::fmt::Display) -> MetadataError {
     MetadataError::Unavailable(e.to_string())
 }
 
+/// Whether an error says that the database cannot be reached.
+fn is_unreachable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+}
+
 fn db_error(e: sqlx::Error) -> MetadataError {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-            MetadataError::Unavailable(e.to_string())
-        }
+        ref unreachable if is_unreachable(unreachable) => MetadataError::Unavailable(e.to_string()),
         // SQLITE_FULL (13; it has no extended codes) and PostgreSQL's disk_full (53100).
         sqlx::Error::Database(ref d) if d.code().is_some_and(|c| c == "13" || c == "53100") => {
             MetadataError::Full(e.to_string())
+        }
+        // undefined_table: a database that came up after the start, before the migrations that
+        // are being retried have run.
+        sqlx::Error::Database(ref d) if d.code().is_some_and(|c| c == "42P01") => {
+            MetadataError::Unavailable(format!("the database has no schema yet (migrations pending): {e}"))
+        }
+        // cannot_connect_now, too_many_connections, and the like: the server is there but
+        // refuses for now.
+        sqlx::Error::Database(ref d) if d.code().is_some_and(|c| c.starts_with("57P") || c == "53300") => {
+            MetadataError::Unavailable(e.to_string())
         }
         other => MetadataError::Other(other.to_string()),
     }
@@ -533,6 +577,56 @@ impl MetadataStore for SqlMetadata {
         let removed = remove_manifest(&mut tx, id, digest).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(removed)
+    }
+
+    async fn manifest_references(&self, repository: &RepoName, digest: &Digest) -> Result<Vec<Digest>, MetadataError> {
+        let rows = sqlx::query(
+            "SELECT mr.target_digest FROM manifest_references mr JOIN repositories r ON r.id = mr.repository_id \
+             WHERE r.name = $1 AND mr.manifest_digest = $2 ORDER BY mr.target_digest",
+        )
+        .bind(repository.as_str())
+        .bind(digest.as_str())
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(|r| digest_column(r, 0)).collect()
+    }
+
+    async fn blob_holders(&self, digest: &Digest, cutoff: SystemTime) -> Result<Option<BlobHolders>, MetadataError> {
+        let Some(row) = sqlx::query("SELECT size, created_at FROM blobs WHERE digest = $1 AND deleting IS NULL")
+            .bind(digest.as_str())
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(None);
+        };
+        let (size, created_at): (u64, i64) = (size_column(&row, 0)?, column(&row, 1)?);
+        let recent_links: i64 =
+            sqlx::query("SELECT COUNT(*) FROM repository_blobs WHERE digest = $1 AND created_at >= $2")
+                .bind(digest.as_str())
+                .bind(millis(cutoff))
+                .fetch_one(&self.reads)
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(db_error)?;
+        let rows = sqlx::query(
+            "SELECT r.name, mr.manifest_digest FROM manifest_references mr \
+             JOIN repositories r ON r.id = mr.repository_id WHERE mr.target_digest = $1",
+        )
+        .bind(digest.as_str())
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db_error)?;
+        let referenced_by = rows
+            .iter()
+            .map(|r| {
+                let name: String = column(r, 0)?;
+                let name = name.parse().map_err(|e| MetadataError::Other(format!("stored name {name:?}: {e}")))?;
+                Ok((name, digest_column(r, 1)?))
+            })
+            .collect::<Result<Vec<_>, MetadataError>>()?;
+        Ok(Some(BlobHolders { size, referenced_by, recent: created_at >= millis(cutoff) || recent_links > 0 }))
     }
 
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError> {

@@ -19,25 +19,55 @@ pub struct Check {
 }
 
 impl Registry {
-    /// Asks every backend at once; each gets a couple of seconds.
+    /// Asks every backend at once; each gets a couple of seconds. The errors are short, for a
+    /// public answer; the detail goes to the log once, when a backend stops answering, and a
+    /// line says when it answers again.
     pub async fn readiness(&self) -> Vec<Check> {
-        async fn check<E: std::fmt::Display>(
+        async fn check<E: Into<super::Error>>(
             component: &'static str,
             backend: &'static str,
             ping: impl std::future::Future<Output = Result<(), E>>,
-        ) -> Check {
-            let error = match tokio::time::timeout(CHECK_TIMEOUT, ping).await {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())),
+        ) -> (Check, Option<String>) {
+            let (error, detail) = match tokio::time::timeout(CHECK_TIMEOUT, ping).await {
+                Ok(Ok(())) => (None, None),
+                Ok(Err(e)) => {
+                    let e: super::Error = e.into();
+                    let short = match e {
+                        super::Error::Unavailable { .. } => "unreachable",
+                        super::Error::StorageFull(_) => "full",
+                        _ => "failing",
+                    };
+                    (Some(short.to_owned()), Some(e.to_string()))
+                }
+                Err(_) => {
+                    let late = format!("no answer within {}s", CHECK_TIMEOUT.as_secs());
+                    (Some(late.clone()), Some(late))
+                }
             };
-            Check { component, backend, error }
+            (Check { component, backend, error }, detail)
         }
         let (metadata, sessions, storage) = tokio::join!(
             check("metadata", self.metadata.kind(), self.metadata.ping()),
             check("sessions", self.sessions.kind(), self.sessions.ping()),
             check("storage", self.blobs.kind(), self.blobs.ping()),
         );
-        vec![metadata, sessions, storage]
+        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        [metadata, sessions, storage]
+            .into_iter()
+            .map(|(check, detail)| {
+                match (&detail, down.contains(check.component)) {
+                    (Some(detail), false) => {
+                        tracing::warn!(component = check.component, backend = check.backend, error = %detail, "backend does not answer");
+                        down.insert(check.component);
+                    }
+                    (None, true) => {
+                        tracing::info!(component = check.component, backend = check.backend, "backend answers again");
+                        down.remove(check.component);
+                    }
+                    _ => {}
+                }
+                check
+            })
+            .collect()
     }
 }

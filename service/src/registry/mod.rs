@@ -72,6 +72,8 @@ pub struct Registry {
     pub(crate) metadata: Arc<dyn MetadataStore>,
     pub(crate) sessions: Arc<dyn SessionStore>,
     pub(crate) policy: Arc<Policy>,
+    /// The components the last readiness check found down, to log only the changes.
+    down: Arc<std::sync::Mutex<std::collections::BTreeSet<&'static str>>>,
 }
 
 impl Registry {
@@ -81,7 +83,7 @@ impl Registry {
         sessions: Arc<dyn SessionStore>,
         policy: Policy,
     ) -> Registry {
-        Registry { blobs, metadata, sessions, policy: Arc::new(policy) }
+        Registry { blobs, metadata, sessions, policy: Arc::new(policy), down: Arc::default() }
     }
 
     pub fn policy(&self) -> &Policy {

@@ -1,7 +1,10 @@
 //! Assembling the backends chosen by the settings and serving the API.
 
+mod backends;
+
+pub use backends::{Backend, Unreachable, build_registry, check_backends};
+
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -14,62 +17,8 @@ use crate::auth::limiter::Limiter;
 use crate::auth::rules::AccessRules;
 use crate::auth::token::{self, Tokens, TrustedIssuer};
 use crate::auth::{Authorizer, Limits, Mode};
-use crate::config::{AuthMode, Settings, StorageKind};
-use crate::metadata::MetadataStore;
-use crate::metadata::sql::SqlMetadata;
+use crate::config::{AuthMode, Settings};
 use crate::registry::Registry;
-use crate::sessions::SessionStore;
-use crate::sessions::memory::MemorySessions;
-use crate::sessions::redis::RedisSessions;
-use crate::storage::filesystem::FilesystemStore;
-use crate::storage::s3::S3Store;
-use crate::storage::{BlobStore, StorageError};
-
-/// Builds the registry on the backends the settings name, applying migrations if asked.
-pub async fn build_registry(settings: &Settings) -> anyhow::Result<Registry> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
-    let blobs: Arc<dyn BlobStore> = match settings.storage {
-        StorageKind::Filesystem => {
-            let store = FilesystemStore::open(&settings.data_dir)
-                .with_context(|| format!("cannot open blob directory under {}", settings.data_dir.display()))?;
-            Arc::new(store)
-        }
-        StorageKind::S3 => {
-            let (connection, options) = settings.s3();
-            let bucket = options.bucket.clone();
-            let store = S3Store::connect(&connection, options).await.map_err(anyhow::Error::msg)?;
-            // A wrong bucket or credentials fail the start, naming the bucket; a store that is
-            // down for now does not: requests get 503 until it is back.
-            match store.ping().await {
-                Err(StorageError::Unavailable(e)) => tracing::warn!(bucket, error = %e, "S3 store unreachable for now"),
-                other => other.with_context(|| format!("cannot use S3 bucket {bucket:?}"))?,
-            }
-            Arc::new(store)
-        }
-    };
-    let metadata = SqlMetadata::connect(&settings.database_url(), settings.migrate)
-        .await
-        .with_context(|| format!("cannot open metadata database {}", settings.masked().database_url()))?;
-    let policy = settings.policy();
-    let blobs: Arc<dyn BlobStore> = Arc::new(crate::storage::instrumented::Instrumented(blobs));
-    let metadata: Arc<dyn MetadataStore> = Arc::new(crate::metadata::instrumented::Instrumented(Arc::new(metadata)));
-    let sessions: Arc<dyn SessionStore> = match &settings.redis_url {
-        Some(url) => Arc::new(
-            RedisSessions::connect(
-                url.expose(),
-                settings.redis_ca_file.as_deref(),
-                &settings.redis_prefix,
-                policy.upload_idle_timeout,
-            )
-            .map_err(anyhow::Error::msg)
-            .context("BERTH_REDIS_URL")?,
-        ),
-        None => Arc::new(MemorySessions::new(policy.upload_idle_timeout)),
-    };
-    let sessions: Arc<dyn SessionStore> = Arc::new(crate::sessions::instrumented::Instrumented(sessions));
-    Ok(Registry::new(blobs, metadata, sessions, policy))
-}
 
 /// Builds the authorizer the settings ask for.
 pub async fn build_authorizer(settings: &Settings) -> anyhow::Result<Authorizer> {
@@ -154,23 +103,46 @@ pub struct Running {
     pub metrics: Option<ServerHandle>,
 }
 
-/// Binds `settings.listen` (port 0 picks a free port) and starts serving.
+/// Binds `settings.listen` (port 0 picks a free port) and starts serving. The addresses are
+/// bound first: a port already taken fails the start before anything is created or migrated.
 pub async fn start(settings: &Settings) -> anyhow::Result<(Running, Server)> {
     crate::install_crypto_provider();
-    let registry = build_registry(settings).await?;
+    let listener = TcpListener::bind(&settings.listen)
+        .with_context(|| format!("cannot listen on {} (BERTH_LISTEN)", settings.listen))?;
+    let metrics_listener = match &settings.metrics_listen {
+        Some(address) => Some(
+            TcpListener::bind(address).with_context(|| format!("cannot listen on {address} (BERTH_METRICS_LISTEN)"))?,
+        ),
+        None => None,
+    };
+    let rule = if settings.fail_fast { Unreachable::Fail } else { Unreachable::Wait };
+    let registry = build_registry(settings, rule).await?;
     let auth = build_authorizer(settings).await?;
-    let listener =
-        TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     if auth.mode() == Mode::None && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "authentication is off (BERTH_AUTH=none) on an address other hosts can reach");
     }
-    let state =
-        web::Data::new(AppState { registry: registry.clone(), auth, trust_forwarded: settings.trust_forwarded });
-    let metrics_on_api = settings.metrics_listen.is_none();
+    if auth.mode() == Mode::Token && settings.external_url.is_none() {
+        tracing::warn!(
+            "token mode without BERTH_EXTERNAL_URL: the token realm clients are sent to (with their passwords) is \
+             built from each request's Host header{}; set BERTH_EXTERNAL_URL to the URL clients use",
+            if settings.trust_forwarded == crate::config::TrustForwarded::None { "" } else { " and forwarded headers" }
+        );
+    }
+    let state = web::Data::new(AppState { registry: registry.clone(), auth, proxies: settings.proxies() });
+    // Metrics say much about a registry (its traffic, its backends): on the API's address they
+    // are public only while everything is (no authentication), or behind a token.
+    let metrics_on_api = settings.metrics_listen.is_none() && (auth_off(settings) || settings.metrics_token.is_some());
+    if settings.metrics_listen.is_none() && !metrics_on_api {
+        tracing::info!(
+            "/metrics is not served: with authentication on, set BERTH_METRICS_LISTEN to an address of its own, \
+             or BERTH_METRICS_TOKEN to a token Prometheus sends"
+        );
+    }
+    let token = settings.metrics_token.clone();
     let mut server = HttpServer::new(move || {
         let app = App::new().app_data(state.clone()).wrap_fn(api::observe::request).configure(api::configure);
-        if metrics_on_api { app.route("/metrics", web::get().to(api::observe::metrics)) } else { app }
+        if metrics_on_api { app.route("/metrics", api::observe::metrics_route(token.clone())) } else { app }
     })
     .listen(listener)?
     .shutdown_timeout(settings.shutdown_timeout);
@@ -179,15 +151,15 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Running, Server)> {
     }
     let server = server.disable_signals().run();
     let handle = server.handle();
-    let metrics = match &settings.metrics_listen {
-        Some(address) => {
-            let listener = TcpListener::bind(address)
-                .with_context(|| format!("cannot listen on {address} (BERTH_METRICS_LISTEN)"))?;
-            let metrics = HttpServer::new(|| App::new().route("/metrics", web::get().to(api::observe::metrics)))
-                .listen(listener)?
-                .workers(1)
-                .disable_signals()
-                .run();
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            let token = settings.metrics_token.clone();
+            let metrics =
+                HttpServer::new(move || App::new().route("/metrics", api::observe::metrics_route(token.clone())))
+                    .listen(listener)?
+                    .workers(1)
+                    .disable_signals()
+                    .run();
             let metrics_handle = metrics.handle();
             tokio::spawn(metrics);
             Some(metrics_handle)
@@ -195,6 +167,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Running, Server)> {
         None => None,
     };
     Ok((Running { addr, handle, registry, metrics }, server))
+}
+
+fn auth_off(settings: &Settings) -> bool {
+    settings.auth == AuthMode::None
 }
 
 /// Serves until SIGTERM or SIGINT, then lets requests in flight finish.
