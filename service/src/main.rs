@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use berth::config::{Overrides, Settings};
 use berth::metadata::sql::SqlMetadata;
+use berth::server::Unreachable;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -15,14 +16,20 @@ struct Cli {
     command: Command,
 }
 
+/// Where every setting is described.
+const SETTINGS_HELP: &str = "Every setting is a BERTH_* environment variable or a key of the --config file: \
+see the configuration reference, docs/reference/configuration.md, and `berth check-config` for the effective values.";
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the registry API.
+    #[command(after_help = SETTINGS_HELP)]
     Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate(ConfigArgs),
     /// Print the effective configuration (secrets masked) and exit; fails on a bad setting.
-    CheckConfig(ServeArgs),
+    #[command(after_help = SETTINGS_HELP)]
+    CheckConfig(CheckArgs),
     /// Manage the users of the htpasswd file (BERTH_HTPASSWD).
     #[command(subcommand)]
     User(UserCommand),
@@ -35,8 +42,20 @@ enum Command {
 #[derive(Subcommand)]
 enum UserCommand {
     /// Add a user, or set a user's password: a bcrypt entry in the htpasswd file. The password
-    /// is read from standard input (one line), or asked for on a terminal.
+    /// is read from standard input (one line), or asked for on a terminal. An entry of another
+    /// hash kind (MD5, SHA-1) is replaced, with a warning.
     Add {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// List the users of the htpasswd file, and those whose hash `berth serve` refuses.
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Remove a user from the htpasswd file.
+    Remove {
         name: String,
         #[command(flatten)]
         config: ConfigArgs,
@@ -63,9 +82,22 @@ struct ServeArgs {
 }
 
 #[derive(Args)]
-struct GcArgs {
+struct CheckArgs {
     #[command(flatten)]
     serve: ServeArgs,
+    /// Also connect to the database, the session store and the blob store, and report whether
+    /// each answers (nothing is changed; exits non-zero if one does not).
+    #[arg(long)]
+    connect: bool,
+}
+
+#[derive(Args)]
+struct GcArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Data directory of the embedded backends (also `BERTH_DATA_DIR`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Keep blobs that a repository linked more recently than this (`30m`, `24h`, `7d`):
     /// a push uploads its layers before the manifest that references them.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
@@ -84,6 +116,17 @@ impl ServeArgs {
     fn settings(&self) -> anyhow::Result<Settings> {
         let overrides = Overrides { listen: self.listen.clone(), data_dir: self.data_dir.clone() };
         Settings::load(self.config.config.as_deref(), &overrides).context("invalid configuration")
+    }
+}
+
+impl ConfigArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        Settings::load(self.config.as_deref(), &Overrides::default()).context("invalid configuration")
+    }
+
+    /// The htpasswd file the settings name.
+    fn htpasswd(&self) -> anyhow::Result<PathBuf> {
+        self.settings()?.htpasswd.context("set BERTH_HTPASSWD to the htpasswd file")
     }
 }
 
@@ -137,8 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             with_telemetry(settings, berth::server::serve)
         }
         Command::Migrate(args) => {
-            let settings =
-                Settings::load(args.config.as_deref(), &Overrides::default()).context("invalid configuration")?;
+            let settings = args.settings()?;
             with_telemetry(settings, |settings| async move {
                 std::fs::create_dir_all(&settings.data_dir)?;
                 SqlMetadata::connect(&settings.database_url(), true).await?;
@@ -146,37 +188,83 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::User(UserCommand::Add { name, config }) => {
-            let settings =
-                Settings::load(config.config.as_deref(), &Overrides::default()).context("invalid configuration")?;
-            let path = settings.htpasswd.context("set BERTH_HTPASSWD to the htpasswd file to write")?;
-            let password = read_password(&name)?;
-            berth::auth::htpasswd::add_user(&path, &name, &password).map_err(anyhow::Error::msg)?;
-            println!("{name} written to {}", path.display());
-            Ok(())
-        }
+        Command::User(command) => user(command),
         Command::Gc(args) => {
+            let overrides = Overrides { listen: None, data_dir: args.data_dir.clone() };
+            let settings =
+                Settings::load(args.config.config.as_deref(), &overrides).context("invalid configuration")?;
+            with_telemetry(settings, |settings| gc(settings, args))
+        }
+        Command::CheckConfig(args) => {
             let settings = args.serve.settings()?;
+            print!("{}", toml::to_string(&settings.masked()).context("cannot render settings")?);
+            if !args.connect {
+                return Ok(());
+            }
             with_telemetry(settings, |settings| async move {
-                let registry = berth::server::build_registry(&settings).await?;
-                let verb = if args.dry_run { "would remove" } else { "removed" };
-                if args.untagged {
-                    let manifests = registry.collect_manifests(args.grace, args.dry_run).await?;
-                    println!("{verb} {manifests} untagged manifest(s)");
+                let backends = berth::server::check_backends(&settings).await?;
+                println!();
+                for b in &backends {
+                    match &b.error {
+                        None => println!("# {} ({}): answers", b.component, b.kind),
+                        Some(e) => println!("# {} ({}): does not answer: {e}", b.component, b.kind),
+                    }
                 }
-                let collected = registry.collect_blobs(args.grace, args.dry_run).await?;
-                println!("{verb} {} unreferenced blob(s), {} bytes", collected.blobs, collected.bytes);
-                if !args.dry_run {
-                    let discarded = registry.sweep_uploads().await;
-                    println!("discarded {discarded} abandoned upload(s)");
-                }
+                let down = backends.iter().filter(|b| b.error.is_some()).count();
+                anyhow::ensure!(down == 0, "{down} backend(s) do not answer");
                 Ok(())
             })
         }
-        Command::CheckConfig(args) => {
-            let settings = args.settings()?;
-            print!("{}", toml::to_string(&settings.masked()).context("cannot render settings")?);
-            Ok(())
+    }
+}
+
+fn user(command: UserCommand) -> anyhow::Result<()> {
+    use berth::auth::htpasswd;
+    match command {
+        UserCommand::Add { name, config } => {
+            let path = config.htpasswd()?;
+            let password = read_password(&name)?;
+            for warning in htpasswd::add_user(&path, &name, &password).map_err(anyhow::Error::msg)? {
+                eprintln!("warning: {warning}");
+            }
+            println!("{name} written to {}", path.display());
+        }
+        UserCommand::List { config } => {
+            let path = config.htpasswd()?;
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            for entry in htpasswd::entries(&text).map_err(anyhow::Error::msg)? {
+                match entry.weakness() {
+                    None => println!("{}", entry.user),
+                    Some(kind) => {
+                        println!("{}\t({kind}: berth serve refuses it; set it again with berth user add)", entry.user)
+                    }
+                }
+            }
+        }
+        UserCommand::Remove { name, config } => {
+            let path = config.htpasswd()?;
+            anyhow::ensure!(
+                htpasswd::remove_user(&path, &name).map_err(anyhow::Error::msg)?,
+                "{name} is not in {}",
+                path.display()
+            );
+            println!("{name} removed from {}", path.display());
         }
     }
+    Ok(())
+}
+
+async fn gc(settings: Settings, args: GcArgs) -> anyhow::Result<()> {
+    let registry = berth::server::build_registry(&settings, Unreachable::Fail).await?;
+    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let collected = registry.collect(args.grace, args.untagged, args.dry_run).await?;
+    if args.untagged {
+        println!("{verb} {} untagged manifest(s)", collected.manifests);
+    }
+    println!("{verb} {} unreferenced blob(s), {} bytes", collected.blobs, collected.bytes);
+    if !args.dry_run {
+        let discarded = registry.sweep_uploads().await;
+        println!("discarded {discarded} abandoned upload(s)");
+    }
+    Ok(())
 }

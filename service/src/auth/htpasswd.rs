@@ -34,31 +34,58 @@ struct Loaded {
     checked: Instant,
 }
 
-/// Parses htpasswd text, refusing any entry that is not bcrypt.
-pub fn parse(text: &str) -> Result<HashMap<String, String>, String> {
-    let mut users = HashMap::new();
+/// One line of an htpasswd file that names a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub user: String,
+    pub hash: String,
+    /// Line number, from 1.
+    pub line: usize,
+}
+
+impl Entry {
+    /// What kind of hash it is, when not bcrypt.
+    pub fn weakness(&self) -> Option<&'static str> {
+        let hash = &self.hash;
+        if hash.starts_with("$2y$") || hash.starts_with("$2a$") || hash.starts_with("$2b$") {
+            None
+        } else if hash.starts_with("$apr1$") {
+            Some("an MD5 (apr1) hash")
+        } else if hash.starts_with("{SHA}") {
+            Some("a SHA-1 hash")
+        } else if hash.starts_with('$') {
+            Some("a crypt(3) hash")
+        } else {
+            Some("not a hash Berth knows (crypt or plain text)")
+        }
+    }
+}
+
+/// The user entries of htpasswd text, whatever their hash; comments and blank lines skipped.
+pub fn entries(text: &str) -> Result<Vec<Entry>, String> {
+    let mut found = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let (user, hash) = line.split_once(':').ok_or_else(|| format!("line {}: expected user:hash", number + 1))?;
-        if !(hash.starts_with("$2y$") || hash.starts_with("$2a$") || hash.starts_with("$2b$")) {
-            let kind = if hash.starts_with("$apr1$") {
-                "an MD5 (apr1) hash"
-            } else if hash.starts_with("{SHA}") {
-                "a SHA-1 hash"
-            } else if hash.starts_with('$') {
-                "a crypt(3) hash"
-            } else {
-                "not a hash Berth knows (crypt or plain text)"
-            };
+        found.push(Entry { user: user.to_owned(), hash: hash.to_owned(), line: number + 1 });
+    }
+    Ok(found)
+}
+
+/// Parses htpasswd text, refusing any entry that is not bcrypt.
+pub fn parse(text: &str) -> Result<HashMap<String, String>, String> {
+    let mut users = HashMap::new();
+    for entry in entries(text)? {
+        if let Some(kind) = entry.weakness() {
             return Err(format!(
-                "line {}: user {user:?} has {kind}; only bcrypt is accepted (htpasswd -B, or berth user add)",
-                number + 1
+                "line {}: user {:?} has {kind}; only bcrypt is accepted (htpasswd -B, or berth user add)",
+                entry.line, entry.user
             ));
         }
-        users.insert(user.to_owned(), hash.to_owned());
+        users.insert(entry.user, entry.hash);
     }
     Ok(users)
 }
@@ -146,30 +173,81 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Adds or replaces `user` in the htpasswd file at `path` (created if missing).
-pub fn add_user(path: &Path, user: &str, password: &str) -> Result<(), String> {
+/// The htpasswd file's text; empty when it does not exist yet.
+fn read_file(path: &Path) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Writes next to the file and renames, so that a reader never sees half a file.
+fn write_file(path: &Path, lines: &[String]) -> Result<(), String> {
+    let mut out = lines.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    let temporary = path.with_extension("berth-new");
+    std::fs::write(&temporary, out).map_err(|e| format!("cannot write {}: {e}", temporary.display()))?;
+    std::fs::rename(&temporary, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+}
+
+/// The file's lines without `user`'s entry, and that entry if there was one.
+fn without(text: &str, user: &str) -> (Vec<String>, bool) {
+    let mut found = false;
+    let lines = text
+        .lines()
+        .filter(|l| {
+            let ours = l.trim().split_once(':').is_some_and(|(u, _)| u == user) && !l.trim().starts_with('#');
+            found |= ours;
+            !ours
+        })
+        .map(str::to_owned)
+        .collect();
+    (lines, found)
+}
+
+/// Adds or replaces `user` in the htpasswd file at `path` (created if missing). Returns
+/// warnings: an entry of `user` that was not bcrypt is replaced, and other users whose
+/// entries `berth serve` refuses are named, so that they can be replaced the same way.
+pub fn add_user(path: &Path, user: &str, password: &str) -> Result<Vec<String>, String> {
     if user.is_empty() || user.contains(':') || user.chars().any(char::is_whitespace) {
         return Err(format!("invalid user name {user:?}: no colons or spaces"));
     }
     if password.is_empty() {
         return Err("empty password".into());
     }
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
+    let text = read_file(path)?;
+    let found = entries(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut warnings = Vec::new();
+    for entry in &found {
+        match entry.weakness() {
+            Some(kind) if entry.user == user => {
+                warnings.push(format!("{user} had {kind}; it is replaced by a bcrypt one"));
+            }
+            Some(kind) => warnings.push(format!(
+                "{} (line {}) has {kind}, which berth serve refuses: set it again with berth user add {}",
+                entry.user, entry.line, entry.user
+            )),
+            None => {}
+        }
+    }
     let hash = bcrypt::hash(password, COST).map_err(|e| e.to_string())?;
-    let mut lines: Vec<String> =
-        text.lines().filter(|l| l.split_once(':').is_none_or(|(u, _)| u != user)).map(str::to_owned).collect();
+    let (mut lines, _) = without(&text, user);
     lines.push(format!("{user}:{hash}"));
-    let mut out = lines.join("\n");
-    out.push('\n');
-    parse(&out).map_err(|e| format!("{}: {e}", path.display()))?;
-    // Write next to the file and rename, so a reader never sees half a file.
-    let temporary = path.with_extension("berth-new");
-    std::fs::write(&temporary, out).map_err(|e| format!("cannot write {}: {e}", temporary.display()))?;
-    std::fs::rename(&temporary, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+    write_file(path, &lines)?;
+    Ok(warnings)
+}
+
+/// Removes `user` from the htpasswd file; whether it was there.
+pub fn remove_user(path: &Path, user: &str) -> Result<bool, String> {
+    let text = read_file(path)?;
+    let (lines, found) = without(&text, user);
+    if found {
+        write_file(path, &lines)?;
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -212,5 +290,29 @@ mod tests {
         assert!(users.verify("alice", "changed").await);
         assert!(users.knows("bob"));
         assert!(add_user(&path, "a:b", "x").is_err());
+        assert!(remove_user(&path, "bob").expect("removed"));
+        assert!(!remove_user(&path, "bob").expect("already gone"));
+        let names: Vec<String> = entries(&std::fs::read_to_string(&path).expect("read"))
+            .expect("entries")
+            .into_iter()
+            .map(|e| e.user)
+            .collect();
+        assert_eq!(names, ["alice"]);
+    }
+
+    #[test]
+    fn a_legacy_entry_is_replaced_and_the_others_are_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("htpasswd");
+        std::fs::write(&path, "# legacy\nalice:$apr1$abc$def\nbob:{SHA}xyz\n").expect("write");
+        let warnings = add_user(&path, "alice", "new").expect("added");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("alice had an MD5"), "{warnings:?}");
+        assert!(warnings[1].contains("bob (line 3) has a SHA-1 hash"), "{warnings:?}");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.starts_with("# legacy\nbob:{SHA}xyz\nalice:$2"), "{text}");
+        // Once bob is set again, the file is all bcrypt and serve takes it.
+        add_user(&path, "bob", "b").expect("added");
+        Htpasswd::load(&path).expect("loads");
     }
 }

@@ -8,7 +8,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::{
-    BlobRecord, Collectable, MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer, StoredManifest,
+    BlobHolders, BlobRecord, Collectable, MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer,
+    StoredManifest,
 };
 use crate::metrics::{self, Metrics};
 use crate::oci::{Digest, Reference, RepoName, Tag};
@@ -82,6 +83,14 @@ impl MetadataStore for Instrumented {
         cutoff: SystemTime,
     ) -> Result<bool, MetadataError> {
         timed(self.kind(), "remove_unkept_manifest", self.0.remove_unkept_manifest(repository, digest, cutoff)).await
+    }
+
+    async fn manifest_references(&self, repository: &RepoName, digest: &Digest) -> Result<Vec<Digest>, MetadataError> {
+        timed(self.kind(), "manifest_references", self.0.manifest_references(repository, digest)).await
+    }
+
+    async fn blob_holders(&self, digest: &Digest, cutoff: SystemTime) -> Result<Option<BlobHolders>, MetadataError> {
+        timed(self.kind(), "blob_holders", self.0.blob_holders(digest, cutoff)).await
     }
 
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError> {

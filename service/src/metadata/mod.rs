@@ -42,6 +42,17 @@ pub struct Collectable {
     pub size: u64,
 }
 
+/// What holds a stored blob, for a dry run of the collector to tell whether removing some
+/// manifests would free it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobHolders {
+    pub size: u64,
+    /// The manifests that reference it, by repository.
+    pub referenced_by: Vec<(RepoName, Digest)>,
+    /// Whether it was stored, or linked to a repository, at or after the cutoff asked about.
+    pub recent: bool,
+}
+
 /// A manifest to record, with what it points at.
 #[derive(Clone, Debug)]
 pub struct NewManifest {
@@ -180,6 +191,14 @@ pub trait MetadataStore: Send + Sync + 'static {
         digest: &Digest,
         cutoff: SystemTime,
     ) -> Result<bool, MetadataError>;
+
+    /// The digests a manifest references: its config and layers, or the manifests an index
+    /// lists (and its subject's, never).
+    async fn manifest_references(&self, repository: &RepoName, digest: &Digest) -> Result<Vec<Digest>, MetadataError>;
+
+    /// What holds the blob (see [`BlobHolders`]); `None` when it is not stored or is being
+    /// removed.
+    async fn blob_holders(&self, digest: &Digest, cutoff: SystemTime) -> Result<Option<BlobHolders>, MetadataError>;
 
     /// The blob, if it is stored (and not being removed), whichever repositories link it.
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetadataError>;

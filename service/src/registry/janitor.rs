@@ -7,9 +7,11 @@ use std::time::{Duration, SystemTime};
 use super::{Error, Registry};
 use crate::oci::{Digest, RepoName};
 
-/// What a blob collection removed, or would remove on a dry run.
+/// What a collection removed, or would remove on a dry run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Collected {
+    /// Untagged manifests (with `--untagged`).
+    pub manifests: u64,
     pub blobs: u64,
     pub bytes: u64,
 }
@@ -57,8 +59,44 @@ impl Registry {
     /// returns how many it removed (or would remove, on a dry run). Their blobs are left to
     /// [`Registry::collect_blobs`].
     pub async fn collect_manifests(&self, grace: Duration, dry_run: bool) -> Result<u64, Error> {
+        Ok(self.unkept_manifests(grace, dry_run).await?.len() as u64)
+    }
+
+    /// A whole collection, as `berth gc` runs it: with `untagged`, the manifests no tag keeps,
+    /// then the blobs nothing references. A dry run removes nothing and reports what the real
+    /// run would: the blobs unreferenced now, and those that only the manifests it would remove
+    /// reference.
+    pub async fn collect(&self, grace: Duration, untagged: bool, dry_run: bool) -> Result<Collected, Error> {
+        let removed = if untagged { self.unkept_manifests(grace, dry_run).await? } else { Vec::new() };
+        let mut counted = std::collections::BTreeSet::new();
+        let mut collected = self.blobs_collected(grace, dry_run, &mut counted).await?;
+        collected.manifests = removed.len() as u64;
+        if dry_run && !removed.is_empty() {
+            let cutoff = ago(grace);
+            let going: std::collections::HashSet<(String, Digest)> =
+                removed.iter().map(|(r, d)| (r.to_string(), d.clone())).collect();
+            let mut candidates = std::collections::BTreeSet::new();
+            for (repository, digest) in &removed {
+                candidates.extend(self.metadata.manifest_references(repository, digest).await?);
+            }
+            for digest in candidates.difference(&counted) {
+                let Some(holders) = self.metadata.blob_holders(digest, cutoff).await? else { continue };
+                if !holders.recent
+                    && holders.referenced_by.iter().all(|(r, d)| going.contains(&(r.to_string(), d.clone())))
+                {
+                    tracing::info!(digest = %digest, size = holders.size, "would remove blob (a layer of a manifest that would go)");
+                    collected.blobs += 1;
+                    collected.bytes += holders.size;
+                }
+            }
+        }
+        Ok(collected)
+    }
+
+    /// The manifests [`Registry::collect_manifests`] removes (or would).
+    async fn unkept_manifests(&self, grace: Duration, dry_run: bool) -> Result<Vec<(RepoName, Digest)>, Error> {
         let cutoff = ago(grace);
-        let mut removed = 0;
+        let mut removed = Vec::new();
         let mut last: Option<String> = None;
         loop {
             let page = self.metadata.list_repositories(last.as_deref(), 500).await?;
@@ -67,10 +105,10 @@ impl Registry {
                 for digest in self.metadata.unkept_manifests(&repository, cutoff).await? {
                     if dry_run {
                         tracing::info!(repository = %repository, digest = %digest, "would remove manifest");
-                        removed += 1;
+                        removed.push((repository.clone(), digest));
                     } else if self.metadata.remove_unkept_manifest(&repository, &digest, cutoff).await? {
                         tracing::info!(repository = %repository, digest = %digest, "removed manifest");
-                        removed += 1;
+                        removed.push((repository.clone(), digest));
                     }
                 }
             }
@@ -87,6 +125,16 @@ impl Registry {
     /// `grace` must be longer than any push takes). Safe while the registry serves: see
     /// `MetadataStore::begin_blob_removal`. A collection cut short is finished by the next.
     pub async fn collect_blobs(&self, grace: Duration, dry_run: bool) -> Result<Collected, Error> {
+        self.blobs_collected(grace, dry_run, &mut std::collections::BTreeSet::new()).await
+    }
+
+    /// [`Registry::collect_blobs`], noting the digests of a dry run in `counted`.
+    async fn blobs_collected(
+        &self,
+        grace: Duration,
+        dry_run: bool,
+        counted: &mut std::collections::BTreeSet<Digest>,
+    ) -> Result<Collected, Error> {
         let cutoff = ago(grace);
         let mut collected = Collected::default();
         let mut after: Option<Digest> = None;
@@ -97,6 +145,7 @@ impl Registry {
             for blob in page {
                 if dry_run {
                     tracing::info!(digest = %blob.digest, size = blob.size, "would remove blob");
+                    counted.insert(blob.digest.clone());
                 } else {
                     let Some(record) = self.metadata.begin_blob_removal(&blob.digest, cutoff).await? else {
                         continue;
