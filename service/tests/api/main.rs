@@ -17,6 +17,7 @@ mod blobs;
 mod conformance;
 mod errors;
 mod gc;
+mod hardening;
 mod helpers;
 mod listing;
 mod manifests;
