@@ -88,12 +88,14 @@ wait_for "$TEST_S3_ENDPOINT"
 
 cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast
+# Where cargo put the binary (CARGO_TARGET_DIR, or a target-dir in a cargo config, moves it).
+berth="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/debug/berth"
 
 echo "--- real clients, embedded default (filesystem, SQLite) ---"
-bash service/tests/e2e/clients.sh target/debug/berth
+bash service/tests/e2e/clients.sh "$berth"
 
 echo "--- real clients with authentication: Basic and token modes ---"
-bash service/tests/e2e/auth.sh target/debug/berth
+bash service/tests/e2e/auth.sh "$berth"
 
 s3_settings() { # BUCKET: the settings of a Berth on the test S3 server
     echo BERTH_STORAGE=s3 BERTH_S3_BUCKET="$1" BERTH_S3_ENDPOINT="$TEST_S3_ENDPOINT" BERTH_S3_FORCE_PATH_STYLE=true \
@@ -104,7 +106,7 @@ echo "--- real clients, blobs in S3 (moto), redirects on ---"
 bucket=berth-e2e-$RANDOM$RANDOM
 curl -fsS -X PUT "$TEST_S3_ENDPOINT/$bucket" >/dev/null
 # shellcheck disable=SC2046 # the settings are words on purpose
-env $(s3_settings "$bucket") E2E_BIG_MIB=64 bash service/tests/e2e/clients.sh target/debug/berth
+env $(s3_settings "$bucket") E2E_BIG_MIB=64 bash service/tests/e2e/clients.sh "$berth"
 
 echo "--- real clients through nginx, round robin over three replicas (PostgreSQL, Redis, S3) ---"
 bucket=berth-replicas-$RANDOM$RANDOM
@@ -117,8 +119,8 @@ for i in 1 2 3; do
     # shellcheck disable=SC2046
     env $(s3_settings "$bucket") BERTH_LISTEN=127.0.0.1:$port BERTH_DATA_DIR="$run_dir/replica$i" \
         BERTH_DATABASE_URL="postgres://berth@127.0.0.1:$pg_port/$database" \
-        BERTH_REDIS_URL="$TEST_REDIS_URL" BERTH_REDIS_PREFIX="e2e:" \
-        target/debug/berth serve >"$run_dir/replica$i.log" 2>&1 &
+        BERTH_REDIS_URL="$TEST_REDIS_URL" BERTH_REDIS_PREFIX="e2e:" BERTH_TRUST_FORWARDED=true \
+        "$berth" serve >"$run_dir/replica$i.log" 2>&1 &
     started+=($!)
     pids+=($!) ports+=("$port") logs+=("$run_dir/replica$i.log")
 done
@@ -132,7 +134,7 @@ nginx -p "$run_dir/nginx" -c "$run_dir/nginx/nginx.conf" -g 'daemon off;' &
 started+=($!)
 wait_for "http://127.0.0.1:$nginx_port/v2/"
 E2E_REGISTRY=127.0.0.1:$nginx_port E2E_LOGS="${logs[*]}" E2E_PIDS="${pids[*]}" E2E_BIG_MIB=64 BERTH_STORAGE=s3 \
-    bash service/tests/e2e/clients.sh target/debug/berth
+    bash service/tests/e2e/clients.sh "$berth"
 served=$(for log in "${logs[@]}"; do grep -c 'berth::access' "$log" || true; done | paste -sd' ')
 echo "requests served by each replica: $served"
 echo "all tests passed"
