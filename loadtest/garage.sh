@@ -3,7 +3,13 @@
 #
 # usage: loadtest/garage.sh [GARAGE_BINARY]     (default: garage on PATH, or /opt/garage/bin/garage)
 #
-# Starts a one-node Garage on 127.0.0.1 with a fresh data directory, then, in one run:
+# Starts a one-node Garage on 127.0.0.1 with a fresh data directory (compression off), then, in
+# one run:
+#   0. the client pattern of issue 14 (s3_compare.py: Python http.client, one PATCH with
+#      chunked encoding in 1 MiB pieces, and 8 MiB PATCHes), through Berth, through
+#      distribution (Debian's docker-registry, when installed) on the same bucket, and as
+#      boto3's multipart upload and GetObject straight to the store; medians of 3 rounds, the
+#      ratios, and each registry's peak RSS during the pushes and 15 s after;
 #   1. 512 MiB pushed in one streamed PATCH through Berth and as a direct multipart upload
 #      (same part size and concurrency), pulled through Berth (redirects off) and by a direct
 #      GET; medians of 5 rounds and their ratios;
@@ -32,6 +38,7 @@ metadata_dir = "$work/meta"
 data_dir = "$work/data"
 db_engine = "sqlite"
 replication_factor = 1
+compression_level = "none"
 rpc_bind_addr = "127.0.0.1:$rpc_port"
 rpc_public_addr = "127.0.0.1:$rpc_port"
 rpc_secret = "$(openssl rand -hex 32)"
@@ -58,18 +65,48 @@ endpoint=http://127.0.0.1:$s3_port
 echo "Garage $("$garage_bin" --version | awk '{print $2}') at $endpoint"
 
 s3_env=(BERTH_STORAGE=s3 BERTH_S3_BUCKET=bench BERTH_S3_ENDPOINT=$endpoint BERTH_S3_REGION=garage
-    BERTH_S3_FORCE_PATH_STYLE=true BERTH_S3_ACCESS_KEY_ID=$key_id BERTH_S3_SECRET_ACCESS_KEY=$secret
-    BERTH_S3_UNSIGNED_PAYLOAD=true)
+    BERTH_S3_FORCE_PATH_STYLE=true BERTH_S3_ACCESS_KEY_ID=$key_id BERTH_S3_SECRET_ACCESS_KEY=$secret)
 env_flags=()
 for e in "${s3_env[@]}" BERTH_S3_REDIRECT=false; do env_flags+=(--env "$e"); done
+
+echo; echo "== 0. the issue's client pattern, through Berth and distribution and directly, 3 rounds =="
+compare_port=$(free_port)
+env -i PATH="$PATH" "${s3_env[@]}" BERTH_S3_REDIRECT=false BERTH_LISTEN=127.0.0.1:$compare_port \
+    BERTH_DATA_DIR="$work/compare" BERTH_LOG=warn "$berth" serve >"$work/compare.log" 2>&1 &
+berth_pid=$!
+pids+=($berth_pid)
+for _ in $(seq 50); do curl -fs "http://127.0.0.1:$compare_port/v2/" >/dev/null && break; sleep 0.1; done
+other=() dist_pid=
+if command -v docker-registry >/dev/null; then
+    dist_port=$(free_port)
+    cat >"$work/distribution.yml" <<EOF
+version: 0.1
+log: {level: warn}
+storage:
+  s3: {accesskey: $key_id, secretkey: $secret, region: garage, regionendpoint: $endpoint, bucket: bench,
+       rootdirectory: /distribution, secure: false, v4auth: true}
+  redirect: {disable: true}
+http: {addr: 127.0.0.1:$dist_port}
+EOF
+    # env -i: distribution refuses an AWS_CA_BUNDLE it cannot use for plain HTTP.
+    env -i PATH="$PATH" docker-registry serve "$work/distribution.yml" >"$work/distribution.log" 2>&1 &
+    dist_pid=$!
+    pids+=($dist_pid)
+    for _ in $(seq 50); do curl -fs "http://127.0.0.1:$dist_port/v2/" >/dev/null && break; sleep 0.1; done
+    other=(--other "http://127.0.0.1:$dist_port" --other-pid "$dist_pid")
+    echo "distribution $(docker-registry --version | awk '{print $NF}') on the same bucket"
+fi
+python3 loadtest/s3_compare.py --registry "http://127.0.0.1:$compare_port" --pid "$berth_pid" "${other[@]}" \
+    --endpoint "$endpoint" --bucket bench --key "$key_id" --secret "$secret" --region garage --mib 512 --rounds 3
+kill "$berth_pid" $dist_pid 2>/dev/null || true
 
 echo; echo "== 1. 512 MiB through Berth and directly, same Garage, 5 rounds =="
 "$loadtest" --berth "$berth" "${env_flags[@]}" --repeat 5 --s3-endpoint "$endpoint" --s3-bucket bench \
     --s3-region garage --s3-access-key "$key_id" --s3-secret "$secret" --s3-unsigned
 
-echo; echo "== 2. 8 concurrent 512 MiB pushes (part size 16 MiB, 4 parts in flight per upload) =="
+echo; echo "== 2. 8 concurrent 512 MiB pushes (part size 8 MiB, 4 parts in flight per upload) =="
 "$loadtest" --berth "$berth" "${env_flags[@]}" --concurrent-pushes 8
-echo "  bound: 8 x (4 x 16 MiB) + 64 MiB = 576 MiB"
+echo "  bound: 8 x (4 x 8 MiB) + 64 MiB = 320 MiB"
 
 counters() { curl -s -H "Authorization: Bearer metrics" "http://127.0.0.1:$admin_port/metrics" |
     awk -F'[{}"= ]+' '/^api_s3_request_counter\{/ {print $3, $NF}' | sort; }
@@ -97,7 +134,7 @@ before=$(counters)
 location=$(curl -fsS -D - -o /dev/null -X PATCH -H 'Transfer-Encoding: chunked' --data-binary @"$work/blob" \
     "$reg$location" | awk 'tolower($1)=="location:" {print $2}' | tr -d '\r')
 curl -fsS -o /dev/null -X PUT "$reg$location?digest=$digest"
-echo "  100 MiB, digest last (POST, one streamed PATCH, PUT): 6 parts of 16 MiB and a 4 MiB rest"
+echo "  100 MiB, digest last (POST, one streamed PATCH, PUT): 12 parts of 8 MiB and a 4 MiB rest"
 delta "$before" "$(counters)"
 
 echo; echo "== 4. redirect mode =="

@@ -68,7 +68,8 @@ struct Args {
     s3_access_key: String,
     #[arg(long, default_value = "")]
     s3_secret: String,
-    #[arg(long, default_value_t = 16)]
+    /// Part size of the direct upload, MiB (Berth's default, 8, by default).
+    #[arg(long, default_value_t = 8)]
     s3_part_mib: usize,
     #[arg(long, default_value_t = 4)]
     s3_concurrency: usize,

@@ -9,6 +9,12 @@ use berth::metadata::sql::SqlMetadata;
 use berth::server::Unreachable;
 use clap::{Args, Parser, Subcommand};
 
+/// jemalloc rather than glibc's malloc: part buffers of many megabytes come and go with every
+/// upload, and glibc keeps the memory of a burst of them long after (its mmap threshold rises
+/// to their size). jemalloc's background threads give it back within seconds.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "berth", version, about = "An OCI container registry")]
 struct Cli {
@@ -33,6 +39,10 @@ enum Command {
     /// Manage the users of the htpasswd file (BERTH_HTPASSWD).
     #[command(subcommand)]
     User(UserCommand),
+    /// Ask the Berth this configuration describes whether it is ready (`GET /readyz` on its
+    /// listening address); exits 0 when it is. For container health checks: the image has no
+    /// curl.
+    Healthcheck(HealthArgs),
     /// Remove blobs that no manifest references and no push linked within the grace time,
     /// and what abandoned uploads left in the blob store (multipart uploads, partial objects;
     /// `berth serve` also does this on its own), then exit. Safe while replicas serve.
@@ -79,6 +89,15 @@ struct ServeArgs {
     /// Data directory of the embedded backends (also `BERTH_DATA_DIR`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Ask this URL instead (`http://host:port/readyz`, or `/healthz` for liveness only).
+    #[arg(long)]
+    url: Option<String>,
 }
 
 #[derive(Args)]
@@ -131,6 +150,8 @@ impl ConfigArgs {
 }
 
 fn main() -> ExitCode {
+    // Purging runs on jemalloc's own threads, not only when something allocates again.
+    let _ = tikv_jemalloc_ctl::background_thread::write(true);
     berth::install_crypto_provider();
     let cli = Cli::parse();
     match run(cli) {
@@ -189,6 +210,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::User(command) => user(command),
+        Command::Healthcheck(args) => {
+            let url = match args.url {
+                Some(url) => url,
+                None => format!("http://{}/readyz", reachable(&args.config.settings()?.listen)),
+            };
+            healthcheck(&url)
+        }
         Command::Gc(args) => {
             let overrides = Overrides { listen: None, data_dir: args.data_dir.clone() };
             let settings =
@@ -216,6 +244,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// The address to reach a listener bound to `listen` on this host at.
+fn reachable(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
+        Some(("[::]", port)) => format!("[::1]:{port}"),
+        _ => listen.to_owned(),
+    }
+}
+
+fn healthcheck(url: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(4)).build()?;
+        let response = client.get(url).send().await.with_context(|| format!("{url} does not answer"))?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        anyhow::ensure!(status.is_success(), "{url} answered {status}: {body}");
+        println!("{url}: {status}");
+        Ok(())
+    })
 }
 
 fn user(command: UserCommand) -> anyhow::Result<()> {

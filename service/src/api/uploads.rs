@@ -90,7 +90,15 @@ pub async fn start(
         None => Algorithm::Sha256,
     };
     let upload = registry.start_upload(&name, algorithm).await?;
-    Ok(accepted(&name, &upload, actix_web::http::StatusCode::ACCEPTED))
+    let mut response = accepted(&name, &upload, actix_web::http::StatusCode::ACCEPTED);
+    // "If the registry has a minimum chunk size, the POST response SHOULD include …
+    // OCI-Chunk-Min-Length": smaller chunks cost the S3 store a tail object.
+    if let Some(min) = registry.min_chunk_length()
+        && let Ok(value) = header::HeaderValue::from_str(&min.to_string())
+    {
+        response.headers_mut().insert(header::HeaderName::from_static("oci-chunk-min-length"), value);
+    }
+    Ok(response)
 }
 
 /// `PATCH <location>`

@@ -159,11 +159,17 @@ pub struct Settings {
     pub s3_public_endpoint: Option<String>,
     /// Seconds a presigned URL stays valid (`BERTH_S3_PRESIGN_EXPIRY`).
     pub s3_presign_expiry: u64,
-    /// Send `UNSIGNED-PAYLOAD` rather than hashing each part again for the signature; by
-    /// default on for HTTPS endpoints (`BERTH_S3_UNSIGNED_PAYLOAD`).
+    /// Send `UNSIGNED-PAYLOAD` rather than hashing each part again for the signature, which
+    /// the store then hashes a third time to check; on unless set (`BERTH_S3_UNSIGNED_PAYLOAD`).
     pub s3_unsigned_payload: Option<bool>,
     /// Send the SDK's optional CRC checksums (`BERTH_S3_CHECKSUMS`).
     pub s3_checksums: bool,
+    /// Ranged GETs one proxied read of a large blob (32 MiB or more) keeps in flight, in
+    /// pieces of 8 MiB; 1 reads it in one stream (`BERTH_S3_READ_CONCURRENCY`).
+    pub s3_read_concurrency: usize,
+    /// Every multipart part but the last the same size, as Cloudflare R2 requires; otherwise
+    /// each chunk of 5 MiB or more goes up as parts of its own (`BERTH_S3_UNIFORM_PARTS`).
+    pub s3_uniform_parts: bool,
     /// Metadata database; SQLite in the data directory when unset (`BERTH_DATABASE_URL`).
     pub database_url: Option<String>,
     /// Redis for upload sessions, `redis://` or `rediss://` (TLS); sessions stay in this
@@ -263,13 +269,16 @@ impl Default for Settings {
             s3_ca_file: None,
             s3_access_key_id: None,
             s3_secret_access_key: None,
-            s3_part_size: 16 << 20,
+            // Measured on Garage: as fast as 16 MiB parts for one push, and half the memory.
+            s3_part_size: 8 << 20,
             s3_upload_concurrency: 4,
             s3_redirect: true,
             s3_public_endpoint: None,
             s3_presign_expiry: 1200,
             s3_unsigned_payload: None,
             s3_checksums: false,
+            s3_read_concurrency: 4,
+            s3_uniform_parts: false,
             database_url: None,
             redis_url: None,
             redis_prefix: "berth:".into(),
@@ -432,6 +441,9 @@ impl Settings {
         if self.trusted_proxies == 0 {
             return Err("BERTH_TRUSTED_PROXIES must be at least 1: the proxy that sets the forwarded headers".into());
         }
+        if self.s3_read_concurrency == 0 {
+            return Err("BERTH_S3_READ_CONCURRENCY must be at least 1".into());
+        }
         if self.s3_upload_concurrency == 0 {
             return Err("BERTH_S3_UPLOAD_CONCURRENCY must be at least 1".into());
         }
@@ -441,7 +453,6 @@ impl Settings {
     /// The S3 store's connection and options.
     pub fn s3(&self) -> (crate::storage::s3::S3Connection, crate::storage::s3::S3Options) {
         use crate::storage::s3::{S3Connection, S3Options};
-        let https = self.s3_endpoint.as_deref().is_none_or(|e| e.starts_with("https://"));
         let connection = S3Connection {
             endpoint: self.s3_endpoint.clone(),
             public_endpoint: self.s3_public_endpoint.clone(),
@@ -461,7 +472,9 @@ impl Settings {
             concurrency: self.s3_upload_concurrency,
             redirect: self.s3_redirect,
             presign_expiry: Duration::from_secs(self.s3_presign_expiry),
-            unsigned_payload: self.s3_unsigned_payload.unwrap_or(https),
+            unsigned_payload: self.s3_unsigned_payload.unwrap_or(true),
+            uniform_parts: self.s3_uniform_parts,
+            read_concurrency: self.s3_read_concurrency,
         };
         (connection, options)
     }

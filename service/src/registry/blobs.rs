@@ -74,7 +74,10 @@ impl Registry {
         {
             return Ok(BlobRead { size, content: BlobContent::Redirect(url) });
         }
-        let body = self.blobs.get(digest, location, range).await.map_err(|e| {
+        // The store is told the whole blob's range when the client asked for no range, so that
+        // it can read a large blob in pieces.
+        let whole = (size > 0).then(|| ByteRange { start: 0, end: size - 1 });
+        let body = self.blobs.get(digest, location, range.or(whole)).await.map_err(|e| {
             if e.is_not_found() {
                 // Metadata says the blob is there but its bytes are not: that is data loss, not
                 // something the client did.

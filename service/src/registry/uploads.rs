@@ -99,6 +99,11 @@ impl Registry {
         Ok(UploadState { id, offset: 0 })
     }
 
+    /// The chunk size below which the blob store does extra work, if it has one.
+    pub fn min_chunk_length(&self) -> Option<u64> {
+        self.blobs.min_chunk_length()
+    }
+
     /// Where an upload stands (`GET <location>`).
     pub async fn upload_state(&self, repository: &RepoName, id: &str) -> Result<UploadState, Error> {
         let session = self.session(repository, id).await?;
@@ -370,9 +375,9 @@ impl Registry {
             hasher.update(&bytes);
             let w = match &mut writer {
                 Some(w) => w,
-                None => {
-                    writer.insert(self.blobs.open_writer(&session.id, &session.handle, session.offset, digest).await?)
-                }
+                None => writer.insert(
+                    self.blobs.open_writer(&session.id, &session.handle, session.offset, digest, expected).await?,
+                ),
             };
             w.write(bytes).await?;
             if renewed.elapsed() > self.policy.lock_ttl / 3 {

@@ -141,6 +141,7 @@ impl BlobStore for FilesystemStore {
         _handle: &UploadHandle,
         offset: u64,
         _digest: Option<&Digest>,
+        _length: Option<u64>,
     ) -> Result<Box<dyn UploadWriter>, StorageError> {
         let path = self.upload_dir(id)?.join("data");
         let guard = self.writer_lock(id).lock_owned().await;

@@ -60,9 +60,14 @@ impl BlobStore for Instrumented {
         handle: &UploadHandle,
         offset: u64,
         digest: Option<&Digest>,
+        length: Option<u64>,
     ) -> Result<Box<dyn UploadWriter>, StorageError> {
-        let inner = timed(self.kind(), "open_writer", self.0.open_writer(id, handle, offset, digest)).await?;
+        let inner = timed(self.kind(), "open_writer", self.0.open_writer(id, handle, offset, digest, length)).await?;
         Ok(Box::new(Counted { inner, backend: self.kind() }))
+    }
+
+    fn min_chunk_length(&self) -> Option<u64> {
+        self.0.min_chunk_length()
     }
 
     async fn read_upload(

@@ -120,14 +120,23 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Opens the upload for appending at `offset`. `digest` is the digest the client
     /// announced for the whole blob, when it did so up front (not yet verified): a store may
-    /// use it to write straight to where the blob will end up.
+    /// use it to write straight to where the blob will end up. `length` is how many bytes
+    /// this writer will be given, when the request said (`Content-Length`): a store may plan
+    /// its parts by it.
     async fn open_writer(
         &self,
         id: &str,
         handle: &UploadHandle,
         offset: u64,
         digest: Option<&Digest>,
+        length: Option<u64>,
     ) -> Result<Box<dyn UploadWriter>, StorageError>;
+
+    /// The smallest chunk that does not cost the store extra work, for the
+    /// `OCI-Chunk-Min-Length` a `POST` advertises; `None` when any size is as good.
+    fn min_chunk_length(&self) -> Option<u64> {
+        None
+    }
 
     /// The first `size` bytes of an upload in progress, all of its chunks finished, streamed:
     /// for checking a closing digest of another algorithm than the one the upload was hashed

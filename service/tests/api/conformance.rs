@@ -151,6 +151,11 @@ async fn push(
 /// Pushes a blob by every flow, closing with its sha512 digest although no upload said
 /// `digest-algorithm`, then checks it as the suite does: HEAD, GET, DELETE.
 async fn sha512_blobs(app: &TestApp, min_chunk: usize) {
+    // As the suite does: its "chunked single" push learns the registry's minimum chunk, and
+    // the multi-chunk blobs are made three of those long.
+    let (probe, advertised) = post(app, "conformance/sha512").await;
+    assert_eq!(app.delete(&probe).await.status(), StatusCode::NO_CONTENT);
+    let min_chunk = min_chunk.max(advertised.unwrap_or(0));
     for (i, flow) in FLOWS.into_iter().enumerate() {
         let size = match flow {
             Flow::ChunkedSingle | Flow::Stream => min_chunk.min(512),

@@ -29,7 +29,7 @@ async fn upload(store: &dyn BlobStore, id: &str, chunks: &[&[u8]]) -> UploadHand
     let mut handle = store.start_upload(id).await.unwrap();
     let mut offset = 0u64;
     for chunk in chunks {
-        let mut writer = store.open_writer(id, &handle, offset, None).await.unwrap();
+        let mut writer = store.open_writer(id, &handle, offset, None, None).await.unwrap();
         writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
         handle = writer.finish(None).await.unwrap();
         offset += chunk.len() as u64;
@@ -85,7 +85,7 @@ pub async fn one_gibibyte_streams_through(store: Arc<dyn BlobStore>) {
     let mut handle = store.start_upload(&id).await.unwrap();
     let piece = Bytes::from(pattern(4 << 20, 3));
     let mut hasher = berth::oci::Hasher::new(Algorithm::Sha256);
-    let mut writer = store.open_writer(&id, &handle, 0, None).await.unwrap();
+    let mut writer = store.open_writer(&id, &handle, 0, None, None).await.unwrap();
     for _ in 0..256 {
         hasher.update(&piece);
         writer.write(piece.clone()).await.unwrap();
@@ -109,10 +109,10 @@ pub async fn a_chunk_abandoned_half_way_is_discarded(store: Arc<dyn BlobStore>) 
     let handle = upload(&*store, &id, &[&data[..20_000]]).await;
     // A writer that takes bytes and is dropped without finishing, like a PATCH whose client
     // went away.
-    let mut broken = store.open_writer(&id, &handle, 20_000, None).await.unwrap();
+    let mut broken = store.open_writer(&id, &handle, 20_000, None, None).await.unwrap();
     broken.write(Bytes::from(vec![0xEE; 10_000])).await.unwrap();
     drop(broken);
-    let mut writer = store.open_writer(&id, &handle, 20_000, None).await.unwrap();
+    let mut writer = store.open_writer(&id, &handle, 20_000, None, None).await.unwrap();
     writer.write(Bytes::copy_from_slice(&data[20_000..])).await.unwrap();
     let handle = writer.finish(None).await.unwrap();
     let d = digest(&data);
@@ -142,7 +142,7 @@ pub async fn aborted_uploads_leave_nothing(store: Arc<dyn BlobStore>) {
     store.abort_upload(&id, Some(&handle)).await.unwrap();
     store.abort_upload(&id, None).await.unwrap();
     assert!(store.list_uploads().await.unwrap().iter().all(|u| u.id != id));
-    assert!(store.open_writer(&id, &handle, 10, None).await.is_err());
+    assert!(store.open_writer(&id, &handle, 10, None, None).await.is_err());
 }
 
 pub async fn deleted_blobs_are_gone(store: Arc<dyn BlobStore>) {

@@ -28,7 +28,8 @@ async fn push(store: &S3Store, id: &str, chunks: &[&[u8]], announced: Option<&Di
     for (i, chunk) in chunks.iter().enumerate() {
         hasher.update(chunk);
         let is_last = last && i == chunks.len() - 1;
-        let mut writer = store.open_writer(id, &handle, offset, if is_last { announced } else { None }).await.unwrap();
+        let mut writer =
+            store.open_writer(id, &handle, offset, if is_last { announced } else { None }, None).await.unwrap();
         writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
         let digest = hasher.clone().finish();
         handle = writer.finish(if is_last { Some(&digest) } else { None }).await.unwrap();
@@ -79,7 +80,7 @@ async fn a_late_digest_commits_in_place_and_reads_nothing_back() {
     // The Docker flow: one streamed PATCH, then a PUT with no body.
     let blob = data(2 * PART + 777);
     let mut handle = store.start_upload("late").await.unwrap();
-    let mut writer = store.open_writer("late", &handle, 0, None).await.unwrap();
+    let mut writer = store.open_writer("late", &handle, 0, None, None).await.unwrap();
     for piece in blob.chunks(100_000) {
         writer.write(Bytes::copy_from_slice(piece)).await.unwrap();
     }
@@ -95,13 +96,112 @@ async fn a_late_digest_commits_in_place_and_reads_nothing_back() {
     assert_eq!(s3support::keys(&bucket).await, vec!["registry/objects/late".to_owned()]);
 }
 
+/// Writes `chunks` as PATCHes with `Content-Length` would (each writer told its length), all
+/// but the last; returns the handle and the offset.
+async fn patch_chunks(store: &S3Store, id: &str, chunks: &[&[u8]]) -> (berth::storage::UploadHandle, u64) {
+    let mut handle = store.start_upload(id).await.unwrap();
+    let mut offset = 0;
+    for chunk in chunks {
+        let mut writer = store.open_writer(id, &handle, offset, None, Some(chunk.len() as u64)).await.unwrap();
+        for piece in chunk.chunks(64 << 10) {
+            writer.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        handle = writer.finish(None).await.unwrap();
+        offset += chunk.len() as u64;
+    }
+    (handle, offset)
+}
+
+#[tokio::test]
+async fn chunks_of_a_part_or_more_go_up_as_parts_of_their_own() {
+    parts_of_their_own(false).await;
+}
+
+/// Unsigned, parts whose size a chunk's length fixes go up as they arrive: the same parts.
+#[tokio::test]
+async fn streamed_parts_are_the_same_parts() {
+    parts_of_their_own(true).await;
+}
+
+async fn parts_of_their_own(unsigned_payload: bool) {
+    let bucket = s3support::fresh_bucket().await;
+    let options = berth::storage::s3::S3Options { unsigned_payload, ..s3support::options(&bucket) };
+    let store = S3Store::connect(&s3support::connection(), options).await.unwrap();
+    let mib = 1 << 20;
+    // 8 MiB: one part (a 5 MiB part would leave 3 MiB, too little for a part). 11 MiB: 5 and
+    // 6 MiB (the rest of 1 MiB joins the last part). Nothing is held back as a tail.
+    let blob = data(19 * mib + 4321);
+    let (eight, eleven, rest) = (&blob[..8 * mib], &blob[8 * mib..19 * mib], &blob[19 * mib..]);
+    let (handle, offset) = patch_chunks(&store, "planned", &[eight, eleven]).await;
+    assert_eq!(s3support::part_sizes(&bucket).await, [8 * mib as i64, 5 * mib as i64, 6 * mib as i64]);
+    let requests = store.requests();
+    for tail in ["PutObject", "GetObject", "UploadPartCopy"] {
+        assert_eq!(count(&requests, tail), 0, "{tail}: {requests:?}");
+    }
+    // The last chunk, with the PUT: the short last part.
+    let digest = Digest::compute(Algorithm::Sha256, &blob);
+    let mut writer = store.open_writer("planned", &handle, offset, None, Some(rest.len() as u64)).await.unwrap();
+    writer.write(Bytes::copy_from_slice(rest)).await.unwrap();
+    let handle = writer.finish(Some(&digest)).await.unwrap();
+    let location = store.commit_upload("planned", &handle, blob.len() as u64, &digest).await.unwrap();
+    let mut read = Vec::new();
+    let mut stream = store.get(&digest, location.as_deref(), None).await.unwrap();
+    while let Some(bytes) = stream.next().await {
+        read.extend_from_slice(&bytes.unwrap());
+    }
+    assert!(read == blob, "read back whole");
+    assert_eq!(count(&store.requests(), "UploadPart"), 4);
+}
+
+/// A chunk broken off in the middle of a streamed part leaves the upload as it was: the next
+/// attempt at the chunk replaces the part, and the blob is whole.
+#[tokio::test]
+async fn a_streamed_part_cut_short_is_sent_again_whole() {
+    let bucket = s3support::fresh_bucket().await;
+    let options = berth::storage::s3::S3Options { unsigned_payload: true, ..s3support::options(&bucket) };
+    let store = S3Store::connect(&s3support::connection(), options).await.unwrap();
+    let blob = data(12 << 20);
+    let handle = store.start_upload("cut").await.unwrap();
+    let mut broken = store.open_writer("cut", &handle, 0, None, Some(blob.len() as u64)).await.unwrap();
+    broken.write(Bytes::copy_from_slice(&blob[..7 << 20])).await.unwrap();
+    drop(broken);
+    let mut writer = store.open_writer("cut", &handle, 0, None, Some(blob.len() as u64)).await.unwrap();
+    for piece in blob.chunks(1 << 20) {
+        writer.write(Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    let digest = Digest::compute(Algorithm::Sha256, &blob);
+    let handle = writer.finish(Some(&digest)).await.unwrap();
+    let location = store.commit_upload("cut", &handle, blob.len() as u64, &digest).await.unwrap();
+    let mut read = Vec::new();
+    let mut stream = store.get(&digest, location.as_deref(), None).await.unwrap();
+    while let Some(bytes) = stream.next().await {
+        read.extend_from_slice(&bytes.unwrap());
+    }
+    assert!(read == blob, "read back whole");
+}
+
+#[tokio::test]
+async fn uniform_parts_hold_the_rest_of_a_chunk_back_for_the_next() {
+    let bucket = s3support::fresh_bucket().await;
+    let options = berth::storage::s3::S3Options { uniform_parts: true, ..s3support::options(&bucket) };
+    let store = S3Store::connect(&s3support::connection(), options).await.unwrap();
+    let mib = 1 << 20;
+    let blob = data(19 * mib);
+    patch_chunks(&store, "uniform", &[&blob[..8 * mib], &blob[8 * mib..]]).await;
+    // Parts of exactly 5 MiB: 5, then 3 MiB held back and 2 more make the second, and so on.
+    assert_eq!(s3support::part_sizes(&bucket).await, [5 * mib as i64; 3]);
+    let requests = store.requests();
+    assert_eq!(count(&requests, "PutObject"), 2, "the tails: {requests:?}");
+    assert_eq!(count(&requests, "GetObject"), 1, "the first tail read back: {requests:?}");
+}
+
 #[tokio::test]
 async fn a_cancelled_upload_leaves_no_object_and_no_multipart_upload() {
     let bucket = s3support::fresh_bucket().await;
     let store = s3support::store(&bucket).await;
     let blob = data(2 * PART + 10);
     let handle = store.start_upload("gone").await.unwrap();
-    let mut writer = store.open_writer("gone", &handle, 0, None).await.unwrap();
+    let mut writer = store.open_writer("gone", &handle, 0, None, None).await.unwrap();
     writer.write(Bytes::from(blob)).await.unwrap();
     let handle = writer.finish(None).await.unwrap();
     assert_eq!(s3support::multipart_uploads(&bucket).await, 1);
@@ -116,7 +216,7 @@ async fn an_abandoned_writer_aborts_the_multipart_upload_it_began() {
     let bucket = s3support::fresh_bucket().await;
     let store = s3support::store(&bucket).await;
     let handle = store.start_upload("dropped").await.unwrap();
-    let mut writer = store.open_writer("dropped", &handle, 0, None).await.unwrap();
+    let mut writer = store.open_writer("dropped", &handle, 0, None, None).await.unwrap();
     writer.write(Bytes::from(data(PART + 1))).await.unwrap();
     drop(writer);
     for _ in 0..50 {
@@ -133,7 +233,7 @@ async fn the_janitor_view_finds_uploads_without_sessions() {
     let bucket = s3support::fresh_bucket().await;
     let store = s3support::store(&bucket).await;
     let handle = store.start_upload("orphan").await.unwrap();
-    let mut writer = store.open_writer("orphan", &handle, 0, None).await.unwrap();
+    let mut writer = store.open_writer("orphan", &handle, 0, None, None).await.unwrap();
     writer.write(Bytes::from(data(PART + 3))).await.unwrap();
     writer.finish(None).await.unwrap();
     let listed = store.list_uploads().await.unwrap();

@@ -57,6 +57,8 @@ pub fn options(bucket: &str) -> S3Options {
         redirect: false,
         presign_expiry: std::time::Duration::from_secs(1200),
         unsigned_payload: false,
+        uniform_parts: false,
+        read_concurrency: 4,
     }
 }
 
@@ -87,4 +89,19 @@ pub async fn keys(bucket: &str) -> Vec<String> {
 pub async fn multipart_uploads(bucket: &str) -> usize {
     let listed = client().list_multipart_uploads().bucket(bucket).send().await.expect("list uploads");
     listed.uploads().len()
+}
+
+/// The sizes of the parts of the one multipart upload in progress in the bucket.
+pub async fn part_sizes(bucket: &str) -> Vec<i64> {
+    let listed = client().list_multipart_uploads().bucket(bucket).send().await.expect("list uploads");
+    let upload = listed.uploads().first().expect("a multipart upload in progress");
+    let parts = client()
+        .list_parts()
+        .bucket(bucket)
+        .key(upload.key().expect("key"))
+        .upload_id(upload.upload_id().expect("upload id"))
+        .send()
+        .await
+        .expect("list parts");
+    parts.parts().iter().map(|p| p.size().unwrap_or(0)).collect()
 }

@@ -24,13 +24,25 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 
 use super::{BlobStore, ByteRange, ByteStream, StorageError, StoredUpload, UploadHandle, UploadWriter};
 use crate::oci::Digest;
+
+mod streaming;
+mod writer;
+
+use writer::S3Writer;
+
+/// Reads of at least this many bytes are fetched in pieces, several at once.
+const PARALLEL_READ_FROM: u64 = 32 << 20;
+/// The size of those pieces.
+const READ_PIECE: u64 = 8 << 20;
+/// Reads fetched in pieces at once, per replica; more read in one stream meanwhile. With 4 in
+/// flight, about 80 MiB of pieces at most, whatever the number of pulls.
+const PARALLEL_READS: usize = 2;
 
 /// The smallest part S3 accepts (except the last one).
 pub const MIN_PART_SIZE: usize = 5 << 20;
@@ -52,8 +64,15 @@ pub struct S3Options {
     /// How long a presigned URL stays valid.
     pub presign_expiry: Duration,
     /// Send `UNSIGNED-PAYLOAD` instead of hashing every byte a second time for the
-    /// signature (the digest already hashes it once); for stores reached over TLS.
+    /// signature (the digest already hashes it once), and making the store hash it again to
+    /// check that signature.
     pub unsigned_payload: bool,
+    /// Ranged GETs of one large read in flight at once; 1 reads in one stream.
+    pub read_concurrency: usize,
+    /// Every part but the last the same size (`part_size`), as Cloudflare R2 requires. When
+    /// off, a chunk of at least [`MIN_PART_SIZE`] becomes parts of its own, whatever its
+    /// size, instead of being held back as a tail until the next chunk completes a part.
+    pub uniform_parts: bool,
 }
 
 pub struct S3Store {
@@ -101,6 +120,9 @@ impl aws_sdk_s3::config::Intercept for CountRequests {
 
 struct Inner {
     client: Client,
+    /// Reads allowed to fetch in pieces at once: each holds up to `read_concurrency + 1`
+    /// pieces of memory.
+    parallel_reads: Arc<Semaphore>,
     /// Signs redirect URLs; talks to the public endpoint when it differs.
     presigner: Client,
     options: S3Options,
@@ -257,10 +279,12 @@ impl S3Store {
     pub fn new(client: Client, presigner: Client, mut options: S3Options) -> S3Store {
         options.part_size = options.part_size.max(MIN_PART_SIZE);
         options.concurrency = options.concurrency.max(1);
+        options.read_concurrency = options.read_concurrency.max(1);
         if !options.prefix.is_empty() && !options.prefix.ends_with('/') {
             options.prefix.push('/');
         }
-        S3Store { inner: Arc::new(Inner { client, presigner, options }), requests: Arc::default() }
+        let parallel_reads = Arc::new(Semaphore::new(PARALLEL_READS));
+        S3Store { inner: Arc::new(Inner { client, presigner, parallel_reads, options }), requests: Arc::default() }
     }
 }
 
@@ -302,6 +326,31 @@ impl Inner {
         Ok(())
     }
 
+    /// Uploads part `number` of `size` bytes.
+    async fn upload_part(
+        self: Arc<Self>,
+        key: String,
+        upload_id: String,
+        number: u32,
+        size: u64,
+        body: S3Body,
+    ) -> Result<Part, StorageError> {
+        let request = self
+            .client
+            .upload_part()
+            .bucket(self.bucket())
+            .key(&key)
+            .upload_id(&upload_id)
+            .part_number(number as i32)
+            .content_length(size as i64)
+            .body(body)
+            .customize();
+        let request = if self.options.unsigned_payload { request.disable_payload_signing() } else { request };
+        let uploaded = request.send().await.map_err(|e| s3_error("UploadPart", e))?;
+        let etag = uploaded.e_tag().unwrap_or_default().to_owned();
+        Ok(Part { number, etag, size })
+    }
+
     /// An object's bytes, or a range of them, as they arrive.
     async fn stream(&self, key: &str, range: Option<ByteRange>) -> Result<ByteStream, StorageError> {
         let request = self.client.get_object().bucket(self.bucket()).key(key);
@@ -318,6 +367,68 @@ impl Inner {
             }
         });
         Ok(Box::pin(body))
+    }
+
+    /// `range` of an object read as pieces of [`READ_PIECE`] fetched `read_concurrency` at a
+    /// time and sent in order: a store answers several streams faster than one. Fetched pieces
+    /// wait for the client, and no more are fetched meanwhile: a slow client holds at most
+    /// `read_concurrency` pieces (plus the one being sent), whatever the blob's size.
+    /// The first piece is awaited before the stream is handed out, so that a missing object
+    /// or a store that is down is an error of the request, not a body cut short.
+    async fn parallel_stream(
+        self: Arc<Self>,
+        key: String,
+        range: ByteRange,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<ByteStream, StorageError> {
+        use futures_util::StreamExt as _;
+        let pieces = (range.start..=range.end)
+            .step_by(READ_PIECE as usize)
+            .map(move |start| ByteRange { start, end: (start + READ_PIECE - 1).min(range.end) });
+        let concurrency = self.options.read_concurrency;
+        let fetches = futures_util::stream::iter(pieces).map(move |piece| {
+            let (inner, key) = (self.clone(), key.clone());
+            async move {
+                let output = inner
+                    .client
+                    .get_object()
+                    .bucket(inner.bucket())
+                    .key(&key)
+                    .range(format!("bytes={}-{}", piece.start, piece.end))
+                    .send()
+                    .await
+                    .map_err(|e| s3_error("GetObject", e))?;
+                // Kept as the buffers it arrived in: gathering them into one would copy every
+                // byte again, into a fresh allocation the size of the piece.
+                let body = output
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| StorageError::Unavailable(format!("GetObject body: {e}")))?;
+                let segments: Vec<Bytes> = body.into_segments().collect();
+                let got: usize = segments.iter().map(Bytes::len).sum();
+                if got as u64 != piece.len() {
+                    return Err(StorageError::Io(std::io::Error::other(format!(
+                        "GetObject of {key} gave {got} bytes for a range of {}",
+                        piece.len()
+                    ))));
+                }
+                Ok(segments)
+            }
+        });
+        let mut pieces = fetches.buffered(concurrency);
+        let first = pieces.next().await.unwrap_or_else(|| Ok(Vec::new()))?;
+        // The permit goes with the stream: it is given back when the read ends or is dropped.
+        let rest = pieces.map(move |piece| {
+            let _held = &permit;
+            piece
+        });
+        let pieces = futures_util::stream::once(async move { Ok(first) }).chain(rest);
+        let bytes = pieces.flat_map(|piece: Result<Vec<Bytes>, StorageError>| match piece {
+            Ok(segments) => futures_util::stream::iter(segments.into_iter().map(Ok).collect::<Vec<_>>()),
+            Err(e) => futures_util::stream::iter(vec![Err(e)]),
+        });
+        Ok(Box::pin(bytes))
     }
 
     /// Completes the upload's multipart upload where it is, its tail (the bytes after the
@@ -569,7 +680,18 @@ impl BlobStore for S3Store {
         range: Option<ByteRange>,
     ) -> Result<ByteStream, StorageError> {
         let inner = &self.inner;
-        inner.stream(&inner.key_of(digest, location), range).await
+        let key = inner.key_of(digest, location);
+        match range {
+            Some(r) if inner.options.read_concurrency > 1 && r.len() >= PARALLEL_READ_FROM => {
+                // A few reads at a time are read in pieces; the others, while these hold the
+                // pieces' memory, in one stream.
+                match inner.parallel_reads.clone().try_acquire_owned() {
+                    Ok(permit) => inner.clone().parallel_stream(key, r, permit).await,
+                    Err(_) => inner.stream(&key, range).await,
+                }
+            }
+            _ => inner.stream(&key, range).await,
+        }
     }
 
     async fn redirect_url(&self, digest: &Digest, location: Option<&str>) -> Result<Option<String>, StorageError> {
@@ -615,6 +737,7 @@ impl BlobStore for S3Store {
         handle: &UploadHandle,
         offset: u64,
         digest: Option<&Digest>,
+        length: Option<u64>,
     ) -> Result<Box<dyn UploadWriter>, StorageError> {
         let mut state = S3Upload::from_handle(handle)?;
         let recorded = state.parts.iter().map(|p| p.size).sum::<u64>() + state.tail.as_ref().map_or(0, |t| t.size);
@@ -628,21 +751,12 @@ impl BlobStore for S3Store {
             self.inner.delete_keys(stale).await?;
         }
         let final_key = digest.filter(|_| state.key.is_none()).map(|d| self.inner.blob_key(d));
-        Ok(Box::new(S3Writer {
-            inner: self.inner.clone(),
-            id: id.to_owned(),
-            final_key,
-            next_number: state.next_part(),
-            created: None,
-            finished: false,
-            pending_tail: state.tail.take(),
-            state,
-            offset,
-            buffer: BytesMut::new(),
-            parts: JoinSet::new(),
-            slots: Arc::new(Semaphore::new(self.inner.options.concurrency)),
-            buffer_slot: None,
-        }))
+        Ok(Box::new(S3Writer::new(self.inner.clone(), id, state, final_key, offset, length)))
+    }
+
+    fn min_chunk_length(&self) -> Option<u64> {
+        let options = &self.inner.options;
+        Some(if options.uniform_parts { options.part_size } else { MIN_PART_SIZE } as u64)
     }
 
     async fn read_upload(
@@ -775,234 +889,6 @@ impl BlobStore for S3Store {
         let inner = &self.inner;
         inner.client.head_bucket().bucket(inner.bucket()).send().await.map_err(|e| s3_error("HeadBucket", e))?;
         Ok(())
-    }
-}
-
-/// Streams one chunk of an upload into parts.
-struct S3Writer {
-    inner: Arc<Inner>,
-    id: String,
-    state: S3Upload,
-    /// Where a multipart upload begun by this writer goes when the client named the digest.
-    final_key: Option<String>,
-    /// Number of the next part this writer sends. Numbers are never reused within a writer;
-    /// a writer after a failed chunk reuses the failed chunk's numbers, replacing its parts.
-    next_number: u32,
-    /// A multipart upload this writer began (key, upload id): the session learns of it only
-    /// when the writer finishes, so an abandoned writer aborts it itself.
-    created: Option<(String, String)>,
-    finished: bool,
-    /// The previous chunk's tail, read back before the first byte of this chunk is added.
-    pending_tail: Option<Tail>,
-    /// Bytes received so far in the upload.
-    offset: u64,
-    buffer: BytesMut,
-    parts: JoinSet<Result<Part, StorageError>>,
-    /// One permit per part buffer, filling or in flight: when all are taken, writing waits,
-    /// and so does the client's request body.
-    slots: Arc<Semaphore>,
-    /// The slot of the buffer being filled.
-    buffer_slot: Option<OwnedSemaphorePermit>,
-}
-
-impl S3Writer {
-    /// Takes the previous tail back into the buffer, ahead of this chunk's bytes.
-    async fn load_tail(&mut self) -> Result<(), StorageError> {
-        if let Some(tail) = self.pending_tail.take() {
-            let bytes = self.inner.get_bytes(&tail.key).await?;
-            if bytes.len() as u64 != tail.size || bytes.len() >= self.room().await? {
-                return Err(StorageError::Io(std::io::Error::other("upload tail has an unexpected size")));
-            }
-            self.buffer.extend_from_slice(&bytes);
-            self.state.stale.push(tail.key);
-        }
-        Ok(())
-    }
-
-    async fn ensure_multipart(&mut self) -> Result<(String, String), StorageError> {
-        if let (Some(key), Some(upload_id)) = (&self.state.key, &self.state.upload_id) {
-            return Ok((key.clone(), upload_id.clone()));
-        }
-        let (key, content_addressed) = match self.final_key.take() {
-            Some(key) => (key, true),
-            None => (self.inner.object_key(&self.id), false),
-        };
-        let created = self
-            .inner
-            .client
-            .create_multipart_upload()
-            .bucket(self.inner.bucket())
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| s3_error("CreateMultipartUpload", e))?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| StorageError::Io(std::io::Error::other("CreateMultipartUpload returned no upload id")))?
-            .to_owned();
-        self.state.key = Some(key.clone());
-        self.state.upload_id = Some(upload_id.clone());
-        self.state.content_addressed = content_addressed;
-        self.created = Some((key.clone(), upload_id.clone()));
-        Ok((key, upload_id))
-    }
-
-    /// Sends `bytes` as the next part, in the background once a slot is free.
-    async fn send_part(&mut self, bytes: Bytes) -> Result<(), StorageError> {
-        let (key, upload_id) = self.ensure_multipart().await?;
-        let number = self.next_number;
-        self.next_number += 1;
-        if number > MAX_PARTS {
-            return Err(StorageError::Io(std::io::Error::other("blob too large: more than 10,000 parts")));
-        }
-        let permit = match self.buffer_slot.take() {
-            Some(permit) => permit,
-            None => self.slot().await?,
-        };
-        let inner = self.inner.clone();
-        self.parts.spawn(async move {
-            let size = bytes.len() as u64;
-            let request = inner
-                .client
-                .upload_part()
-                .bucket(inner.bucket())
-                .key(&key)
-                .upload_id(&upload_id)
-                .part_number(number as i32)
-                .content_length(size as i64)
-                .body(S3Body::from(bytes))
-                .customize();
-            let request = if inner.options.unsigned_payload { request.disable_payload_signing() } else { request };
-            let uploaded = request.send().await.map_err(|e| s3_error("UploadPart", e))?;
-            drop(permit);
-            let etag = uploaded.e_tag().unwrap_or_default().to_owned();
-            Ok(Part { number, etag, size })
-        });
-        Ok(())
-    }
-
-    fn finished_part(&mut self, part: Part) {
-        let at = self.state.parts.partition_point(|p| p.number < part.number);
-        self.state.parts.insert(at, part);
-    }
-
-    /// Waits for every part in flight; the parts are recorded in number order.
-    async fn drain(&mut self) -> Result<(), StorageError> {
-        while let Some(done) = self.parts.join_next().await {
-            let part = done.map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
-            self.finished_part(part);
-        }
-        Ok(())
-    }
-
-    fn full_part_size(&self) -> usize {
-        part_size(self.inner.options.part_size, self.next_number)
-    }
-
-    /// Bytes the part being filled still takes. The buffer holds a slot from the moment it
-    /// is allocated, so that buffers filling and parts in flight together never exceed
-    /// `concurrency` parts; and it is allocated at its final size up front, since a growing
-    /// buffer would double past it.
-    async fn room(&mut self) -> Result<usize, StorageError> {
-        if self.buffer_slot.is_none() {
-            self.buffer_slot = Some(self.slot().await?);
-        }
-        let size = self.full_part_size();
-        if self.buffer.capacity() < size {
-            self.buffer.reserve(size - self.buffer.len());
-        }
-        Ok(size - self.buffer.len())
-    }
-
-    /// Waits for a free slot, and fails fast if a part already in flight failed.
-    async fn slot(&mut self) -> Result<OwnedSemaphorePermit, StorageError> {
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StorageError::Io(std::io::Error::other("part slots closed")))?;
-        while let Some(done) = self.parts.try_join_next() {
-            let part = done.map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
-            self.finished_part(part);
-        }
-        Ok(permit)
-    }
-}
-
-impl Drop for S3Writer {
-    fn drop(&mut self) {
-        // Parts still in flight are cancelled with the JoinSet.
-        let (Some((key, upload_id)), false) = (self.created.take(), self.finished) else { return };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let inner = self.inner.clone();
-        runtime.spawn(async move {
-            if let Err(e) = inner.abort_multipart(&key, &upload_id).await {
-                tracing::warn!(%key, error = %e, "could not abort an abandoned multipart upload; the janitor will");
-            }
-        });
-    }
-}
-
-#[async_trait]
-impl UploadWriter for S3Writer {
-    async fn write(&mut self, mut bytes: Bytes) -> Result<(), StorageError> {
-        self.load_tail().await?;
-        self.offset += bytes.len() as u64;
-        while !bytes.is_empty() {
-            let take = self.room().await?.min(bytes.len());
-            self.buffer.extend_from_slice(&bytes.split_to(take));
-            if self.room().await? == 0 {
-                let part = std::mem::take(&mut self.buffer).freeze();
-                self.send_part(part).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self: Box<Self>, last: Option<&Digest>) -> Result<UploadHandle, StorageError> {
-        let handle = self.store_rest(last).await?;
-        self.finished = true;
-        Ok(handle)
-    }
-}
-
-impl S3Writer {
-    /// The work of [`UploadWriter::finish`]: waits for the parts in flight and puts the
-    /// bytes short of a part where they belong.
-    async fn store_rest(&mut self, last: Option<&Digest>) -> Result<UploadHandle, StorageError> {
-        if self.pending_tail.is_some() {
-            // No byte came in this chunk: the upload is as it was.
-            self.state.tail = self.pending_tail.take();
-            return Ok(self.state.to_handle());
-        }
-        self.drain().await?;
-        let rest = self.buffer.split().freeze();
-        match last {
-            // The final bytes, with the digest verified: they go where the blob ends.
-            Some(digest) if self.state.upload_id.is_none() => {
-                let key = self.inner.blob_key(digest);
-                self.inner.put_object(&key, rest).await?;
-                self.state.stored = true;
-            }
-            Some(_) if !rest.is_empty() => {
-                self.send_part(rest).await?;
-                self.drain().await?;
-            }
-            Some(_) => {}
-            // More chunks may follow: keep the rest where any replica can find it.
-            None if !rest.is_empty() => {
-                // Named by the range it holds: a tail that grew keeps its start but not its end,
-                // so the tail it replaces (deleted later) never shares its key.
-                let start = self.offset - rest.len() as u64;
-                let key = format!("{}tail-{start}-{}", self.inner.upload_prefix(&self.id), self.offset);
-                let size = rest.len() as u64;
-                self.inner.put_object(&key, rest).await?;
-                self.state.tail = Some(Tail { key, size });
-            }
-            None => {}
-        }
-        Ok(self.state.to_handle())
     }
 }
 
