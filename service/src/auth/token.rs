@@ -117,8 +117,22 @@ fn thumbprint(jwk: &Jwk) -> Result<String, TokenError> {
 /// A PEM parser of jsonwebtoken's, and the algorithm its keys sign with.
 type Parser<K> = (fn(&[u8]) -> jsonwebtoken::errors::Result<K>, Algorithm);
 
+/// A P-256 key in SEC1 PEM (`EC PRIVATE KEY`, what `openssl ecparam -genkey` and Helm's
+/// `genPrivateKey "ecdsa"` write) as PKCS#8, the form the signing library reads.
+fn pkcs8_of_sec1(pem: &[u8]) -> Option<Vec<u8>> {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let text = std::str::from_utf8(pem).ok()?;
+    if !text.contains("-----BEGIN EC PRIVATE KEY-----") {
+        return None;
+    }
+    let key = p256::SecretKey::from_sec1_pem(text).ok()?;
+    key.to_pkcs8_pem(LineEnding::LF).ok().map(|pem| pem.as_bytes().to_vec())
+}
+
 /// Reads a PEM private key of any supported kind.
 fn signing_key(pem: &[u8]) -> Result<(EncodingKey, Algorithm, Jwk), TokenError> {
+    let converted = pkcs8_of_sec1(pem);
+    let pem = converted.as_deref().unwrap_or(pem);
     let attempts: [Parser<EncodingKey>; 3] = [
         (EncodingKey::from_ec_pem, Algorithm::ES256),
         (EncodingKey::from_ed_pem, Algorithm::EdDSA),
@@ -398,6 +412,19 @@ mod tests {
         assert_eq!(header.kid.as_deref(), t.jwks().keys[0].common.key_id.as_deref());
         assert_eq!(header.kid.expect("kid").len(), 43, "a base64url SHA-256 thumbprint");
         assert!(issued.issued_at.ends_with('Z'));
+    }
+
+    /// SEC1 keys (`openssl ecparam -genkey`, Helm's `genPrivateKey "ecdsa"`) sign like PKCS#8.
+    #[test]
+    fn a_sec1_key_signs_as_its_pkcs8_form_does() {
+        use p256::pkcs8::DecodePrivateKey;
+        let pkcs8 = generate_key_pem().expect("key");
+        let key = p256::SecretKey::from_pkcs8_pem(&pkcs8).expect("parses");
+        let sec1 = key.to_sec1_pem(p256::pkcs8::LineEnding::LF).expect("sec1").to_string();
+        assert!(sec1.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        let (from_sec1, from_pkcs8) = (tokens(&[sec1.into_bytes()]), tokens(&[pkcs8.into_bytes()]));
+        let issued = from_sec1.issue("alice", Vec::new()).expect("issued");
+        assert!(from_pkcs8.verify(&issued.token).is_ok(), "the same key, the same kid");
     }
 
     #[test]
