@@ -335,3 +335,20 @@ fn help_points_at_the_settings_and_says_only_what_applies() {
     let (_, gc, _) = berth(&["gc", "--help"], &[]);
     assert!(!gc.contains("--listen") && gc.contains("--dry-run"), "{gc}");
 }
+
+#[tokio::test]
+async fn the_image_health_check_needs_no_ca_certificates() {
+    let app = spawn_app().await;
+    let url = format!("{}/readyz", app.base);
+    // As in an image without ca-certificates: no system roots to load.
+    let no_roots = [("SSL_CERT_FILE", "/nonexistent/ca.pem"), ("SSL_CERT_DIR", "/nonexistent")];
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || berth(&["healthcheck", "--url", &url], &no_roots)).await.unwrap();
+    assert!(ok && out.contains("/readyz: 200"), "{out}{err}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = format!("http://127.0.0.1:{port}/readyz");
+    let (ok, _, err) =
+        tokio::task::spawn_blocking(move || berth(&["healthcheck", "--url", &closed], &[])).await.unwrap();
+    assert!(!ok && err.contains("does not answer"), "{err}");
+}
