@@ -4,7 +4,9 @@
 # with its own data directory (PostgreSQL, Redis, an S3 server), builds, runs the unit,
 # black-box and contract tests and the multi-replica test, then drives real clients against
 # Berth: on the embedded default, with blobs in S3, and through nginx in front of three
-# replicas. It stops everything it started.
+# replicas; checks the Helm chart against the binary (helm/tests/chart_test.py), and builds the
+# container image and runs the compose deployments with the docker client (with a dockerd of
+# its own when none answers). It stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +16,8 @@ sudo=()
 # Debian packages: the real clients (skopeo, umoci, podman, containerd) and the servers
 # (PostgreSQL, Redis, nginx).
 missing=()
-for pair in skopeo:skopeo umoci:umoci podman:podman ctr:containerd jq:jq curl:curl redis-server:redis-server nginx:nginx; do
+for pair in skopeo:skopeo umoci:umoci podman:podman ctr:containerd jq:jq curl:curl redis-server:redis-server nginx:nginx \
+    openssl:openssl ip:iproute2; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair##*:}")
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
@@ -30,6 +33,18 @@ python3 -c 'import oras.client' 2>/dev/null || pip install -q oras
 moto_version=5.1.22
 python3 -c "import moto, sys; sys.exit(moto.__version__ != '$moto_version')" 2>/dev/null ||
     pip install -q "moto[server]==$moto_version"
+
+# The chart's validators: the Helm v4 SDK (no helm binary), kubernetes-validate, and checkov in
+# a virtualenv of its own (it pins many packages).
+python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null ||
+    pip install -q "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0"
+tools=${XDG_CACHE_HOME:-$HOME/.cache}/berth-tools
+export CHECKOV=$tools/checkov/bin/checkov
+if ! "$CHECKOV" --version >/dev/null 2>&1; then
+    rm -rf "$tools/checkov"
+    python3 -m venv "$tools/checkov"
+    "$tools/checkov/bin/pip" install -q "checkov==3.3.30"
+fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
@@ -137,4 +152,9 @@ E2E_REGISTRY=127.0.0.1:$nginx_port E2E_LOGS="${logs[*]}" E2E_PIDS="${pids[*]}" E
     bash service/tests/e2e/clients.sh "$berth"
 served=$(for log in "${logs[@]}"; do grep -c 'berth::access' "$log" || true; done | paste -sd' ')
 echo "requests served by each replica: $served"
+echo "--- the Helm chart: lint, schema, kubernetes-validate, checkov, the contract with the binary ---"
+python3 helm/tests/chart_test.py "$berth"
+
+echo "--- the container image and the compose deployments, with the docker client ---"
+bash service/tests/e2e/compose.sh "$berth"
 echo "all tests passed"
