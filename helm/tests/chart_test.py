@@ -18,23 +18,13 @@ TEST_S3_ENDPOINT (each values set gets its own database, Redis prefix and bucket
 """
 
 import base64
-import copy
-import gzip
-import hashlib
-import io
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import helm_python
@@ -42,6 +32,8 @@ import kubernetes_validate
 import yaml
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent / "scripts"))
+from contract_support import Backends, free_port, push_and_pull, wait_http  # noqa: E402
 CHART = HERE.parent / "berth"
 # The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion) and a current one.
 KUBE_VERSIONS = ["1.27.0", "1.37.0"]
@@ -49,12 +41,6 @@ KUBE_VERSIONS = ["1.27.0", "1.37.0"]
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "HTTPRoute"}
 PASSWORD = "bee"
 USERS = ""  # busy / bee, as htpasswd text: made by `berth user add` in main()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def token_key_pem():
@@ -65,25 +51,6 @@ def token_key_pem():
         text=True,
     )
     return out.stdout
-
-
-class Backends:
-    """The test's own PostgreSQL, Redis and S3: a database, a key prefix and a bucket per set."""
-
-    def __init__(self):
-        self.database = os.environ["TEST_DATABASE_URL"]
-        self.redis = os.environ["TEST_REDIS_URL"]
-        self.s3 = os.environ["TEST_S3_ENDPOINT"]
-        self.count = 0
-
-    def fresh(self):
-        self.count += 1
-        tag = f"chart{os.getpid()}x{self.count}"
-        subprocess.run(["psql", "-q", self.database, "-c", f"CREATE DATABASE {tag}"], check=True)
-        request = urllib.request.Request(f"{self.s3}/{tag}", method="PUT")
-        urllib.request.urlopen(request).close()
-        base = self.database.rsplit("/", 1)[0]
-        return {"database": f"{base}/{tag}", "redis": self.redis, "prefix": f"{tag}:", "bucket": tag, "s3": self.s3}
 
 
 def s3_values(b):
@@ -124,7 +91,7 @@ def token_existing_secrets(b, port):
             "externalURL": f"http://127.0.0.1:{port}",
             "htpasswd": {"existingSecret": "registry-users"},
             "tokenKey": {"existingSecret": "registry-token-key"},
-            "access": {"rules": '[[rules]]\nusers = ["busy"]\nrepositories = ["chart/**"]\nactions = ["pull", "push"]\n'},
+            "access": {"rules": '[[rules]]\nusers = ["busy"]\nrepositories = ["contract/**"]\nactions = ["pull", "push"]\n'},
             "extraEnv": [{"name": "BERTH_REDIS_PREFIX", "value": b["prefix"]}],
         },
         "storage": {**s3_values(b), "s3": {**s3_values(b)["s3"], "existingSecret": "registry-s3"}},
@@ -324,63 +291,6 @@ def container_port(container, name_or_number):
     raise AssertionError(f"no container port named {name_or_number}")
 
 
-def wait_http(url, timeout=30):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            last = e.code
-        except OSError as e:
-            last = e
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer 200: {last}")
-
-
-def oci_layout(directory):
-    """A small image: one layer with one file, as an OCI layout skopeo reads."""
-    blobs = Path(directory) / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-
-    def blob(data):
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"digest": f"sha256:{digest}", "size": len(data)}
-
-    content = os.urandom(64 * 1024)
-    tar_bytes = io.BytesIO()
-    with tarfile.open(fileobj=tar_bytes, mode="w") as tar:
-        info = tarfile.TarInfo("hello.bin")
-        info.size = len(content)
-        tar.addfile(info, io.BytesIO(content))
-    layer_tar = tar_bytes.getvalue()
-    layer = blob(gzip.compress(layer_tar, mtime=0))
-    config = blob(json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]},
-    }).encode())
-    manifest = blob(json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}],
-    }).encode())
-    (Path(directory) / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (Path(directory) / "index.json").write_text(json.dumps({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
-                       "annotations": {"org.opencontainers.image.ref.name": "v1"}}],
-    }))
-    return manifest["digest"]
-
-
-def skopeo(*args):
-    out = subprocess.run(["skopeo", "--insecure-policy", *args], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, f"skopeo {' '.join(args)}: {out.stderr}"
-    return out.stdout
-
-
 def contract(objects, secrets, binary, port, work, auth):
     """Runs the rendered Deployment (and the gc CronJob, when there is one) as real processes."""
     deployment = find(objects, "Deployment")[0]
@@ -408,16 +318,8 @@ def contract(objects, secrets, binary, port, work, auth):
                 log.seek(0)
                 raise AssertionError(f"{probe} {http['path']}: berth exited {process.poll()}: {log.read()[-3000:]}")
             lines.append(f"{probe} {http['path']} on container port {container_port(container, http['port'])}: {status}")
-        registry = f"127.0.0.1:{port}"
-        layout = Path(work) / "image"
-        digest = oci_layout(layout)
-        creds = [] if auth == "none" else ["--dest-creds", f"busy:{PASSWORD}"]
-        skopeo("copy", "--dest-tls-verify=false", *creds, f"oci:{layout}:v1", f"docker://{registry}/chart/hello:v1")
-        src_creds = [] if auth == "none" else ["--src-creds", f"busy:{PASSWORD}"]
-        back = Path(work) / "back"
-        skopeo("copy", "--src-tls-verify=false", *src_creds, f"docker://{registry}/chart/hello:v1", f"oci:{back}:v1")
-        pulled = json.loads((back / "index.json").read_text())["manifests"][0]["digest"]
-        assert pulled == digest, f"pulled {pulled}, pushed {digest}"
+        user = None if auth == "none" else "busy"
+        digest = push_and_pull(f"127.0.0.1:{port}", work, user, PASSWORD)
         lines.append(f"skopeo push and pull through Service port {api['port']} -> container port {api_port}: {digest[:19]}…")
         if metrics:
             status = wait_http(f"http://127.0.0.1:{ports[metrics[0]['containerPort']]}/metrics")

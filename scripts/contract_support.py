@@ -1,0 +1,111 @@
+"""What the chart and Terraform contract tests share: the test's own backends, a small image, and
+skopeo pushing and pulling it."""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Backends:
+    """The test's own PostgreSQL, Redis and S3: a database, a key prefix and a bucket per set."""
+
+    def __init__(self):
+        self.database = os.environ["TEST_DATABASE_URL"]
+        self.redis = os.environ["TEST_REDIS_URL"]
+        self.s3 = os.environ["TEST_S3_ENDPOINT"]
+        self.count = 0
+
+    def fresh(self):
+        self.count += 1
+        tag = f"contract{os.getpid()}x{self.count}"
+        subprocess.run(["psql", "-q", self.database, "-c", f"CREATE DATABASE {tag}"], check=True)
+        request = urllib.request.Request(f"{self.s3}/{tag}", method="PUT")
+        urllib.request.urlopen(request).close()
+        base = self.database.rsplit("/", 1)[0]
+        return {"database": f"{base}/{tag}", "redis": self.redis, "prefix": f"{tag}:", "bucket": tag, "s3": self.s3}
+
+
+def wait_http(url, timeout=30):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            last = e.code
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer 200: {last}")
+
+
+def oci_layout(directory):
+    """A small image: one layer with one file, as an OCI layout skopeo reads."""
+    blobs = Path(directory) / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data):
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    content = os.urandom(64 * 1024)
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w") as tar:
+        info = tarfile.TarInfo("hello.bin")
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    layer_tar = tar_bytes.getvalue()
+    layer = blob(gzip.compress(layer_tar, mtime=0))
+    config = blob(json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]},
+    }).encode())
+    manifest = blob(json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}],
+    }).encode())
+    (Path(directory) / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (Path(directory) / "index.json").write_text(json.dumps({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
+                       "annotations": {"org.opencontainers.image.ref.name": "v1"}}],
+    }))
+    return manifest["digest"]
+
+
+def skopeo(*args):
+    out = subprocess.run(["skopeo", "--insecure-policy", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"skopeo {' '.join(args)}: {out.stderr}"
+    return out.stdout
+
+
+def push_and_pull(registry, work, user=None, password=None):
+    """Pushes a small image with skopeo and pulls it back; returns its manifest digest."""
+    layout = Path(work) / "image"
+    digest = oci_layout(layout)
+    creds = [] if user is None else ["--dest-creds", f"{user}:{password}"]
+    skopeo("copy", "--dest-tls-verify=false", *creds, f"oci:{layout}:v1", f"docker://{registry}/contract/hello:v1")
+    src_creds = [] if user is None else ["--src-creds", f"{user}:{password}"]
+    back = Path(work) / "back"
+    skopeo("copy", "--src-tls-verify=false", *src_creds, f"docker://{registry}/contract/hello:v1", f"oci:{back}:v1")
+    pulled = json.loads((back / "index.json").read_text())["manifests"][0]["digest"]
+    assert pulled == digest, f"pulled {pulled}, pushed {digest}"
+    return digest
