@@ -17,7 +17,8 @@ ARG BUILD_IMAGE=rust:1.95-slim-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${BUILD_IMAGE} AS build
-# The path of a prebuilt binary in the build context; empty builds from the sources.
+# The path of a prebuilt binary in the build context; empty builds from the sources (with
+# make, which jemalloc's build runs and the slim Rust image lacks).
 ARG PREBUILT=
 WORKDIR /src
 COPY . .
@@ -25,6 +26,7 @@ RUN set -eu; \
     if [ -n "$PREBUILT" ]; then \
         install -m 0755 "$PREBUILT" /berth; \
     else \
+        apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*; \
         cargo build --release --locked --bin berth; \
         install -m 0755 target/release/berth /berth; \
     fi

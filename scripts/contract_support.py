@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -109,3 +110,42 @@ def push_and_pull(registry, work, user=None, password=None):
     pulled = json.loads((back / "index.json").read_text())["manifests"][0]["digest"]
     assert pulled == digest, f"pulled {pulled}, pushed {digest}"
     return digest
+
+
+class Berth:
+    """The real binary started with a rendered command and environment, its output kept."""
+
+    def __init__(self, command, env, work):
+        self.log = open(Path(work) / "berth.log", "w+")
+        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def probe(self, url, what):
+        """The status of url once it answers 200; fails with berth's output if it never does."""
+        try:
+            return wait_http(url)
+        except AssertionError:
+            self.log.seek(0)
+            raise AssertionError(f"{what}: berth exited {self.process.poll()}: {self.log.read()[-3000:]}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+def htpasswd(binary, user, password):
+    """An htpasswd file's text with one user, made by berth user add."""
+    with tempfile.TemporaryDirectory() as d:
+        env = {"PATH": os.environ["PATH"], "BERTH_HTPASSWD": f"{d}/htpasswd"}
+        subprocess.run([binary, "user", "add", user], input=password + "\n", env=env, check=True,
+                       capture_output=True, text=True)
+        return Path(f"{d}/htpasswd").read_text()
+
+
+def token_key_pem():
+    """A P-256 token signing key, PEM."""
+    return subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+                          check=True, capture_output=True, text=True).stdout

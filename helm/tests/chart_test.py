@@ -33,7 +33,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent / "scripts"))
-from contract_support import Backends, free_port, push_and_pull, wait_http  # noqa: E402
+from contract_support import Backends, Berth, free_port, htpasswd, push_and_pull, token_key_pem, wait_http  # noqa: E402,E501
 CHART = HERE.parent / "berth"
 # The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion) and a current one.
 KUBE_VERSIONS = ["1.27.0", "1.37.0"]
@@ -41,16 +41,6 @@ KUBE_VERSIONS = ["1.27.0", "1.37.0"]
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "HTTPRoute"}
 PASSWORD = "bee"
 USERS = ""  # busy / bee, as htpasswd text: made by `berth user add` in main()
-
-
-def token_key_pem():
-    out = subprocess.run(
-        ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout
 
 
 def s3_values(b):
@@ -305,18 +295,12 @@ def contract(objects, secrets, binary, port, work, auth):
         ports[metrics[0]["containerPort"]] = free_port()
     pod = Pod(objects, pod_spec, secrets, Path(work) / "pod", ports)
     env = pod.environment()
-    log = open(Path(work) / "berth.log", "w+")
-    process = subprocess.Popen(pod.command(binary), env=env, stdout=log, stderr=subprocess.STDOUT)
     lines = []
-    try:
+    with Berth(pod.command(binary), env, work) as berth:
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             http = container[probe]["httpGet"]
             probe_port = ports[container_port(container, http["port"])]
-            try:
-                status = wait_http(f"http://127.0.0.1:{probe_port}{http['path']}")
-            except AssertionError:
-                log.seek(0)
-                raise AssertionError(f"{probe} {http['path']}: berth exited {process.poll()}: {log.read()[-3000:]}")
+            status = berth.probe(f"http://127.0.0.1:{probe_port}{http['path']}", f"{probe} {http['path']}")
             lines.append(f"{probe} {http['path']} on container port {container_port(container, http['port'])}: {status}")
         user = None if auth == "none" else "busy"
         digest = push_and_pull(f"127.0.0.1:{port}", work, user, PASSWORD)
@@ -330,10 +314,6 @@ def contract(objects, secrets, binary, port, work, auth):
             out = subprocess.run(job.command(binary), env=job.environment(), capture_output=True, text=True, timeout=120)
             assert out.returncode == 0, f"the gc CronJob's container failed: {out.stdout}{out.stderr}"
             lines.append(f"CronJob {cron['metadata']['name']}: {' '.join(job.container['args'])} exited 0")
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        log.close()
     return lines
 
 
@@ -464,11 +444,7 @@ def main():
         return
     binary = str(Path(sys.argv[1]).resolve())
     global USERS
-    with tempfile.TemporaryDirectory() as d:
-        env = {"PATH": os.environ["PATH"], "BERTH_HTPASSWD": f"{d}/htpasswd"}
-        subprocess.run([binary, "user", "add", "busy"], input=PASSWORD + "\n", env=env, check=True,
-                       capture_output=True, text=True)
-        USERS = Path(f"{d}/htpasswd").read_text()
+    USERS = htpasswd(binary, "busy", PASSWORD)
     lint = helm_python.lint(str(CHART), {}, strict=True, kube_version="v1.27.0")
     problems = [m for m in lint["messages"] if m["severity"] >= 2] + lint["errors"]
     assert not problems, f"helm lint: {problems}"

@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 TERRAFORM = HERE.parent
 REPO = TERRAFORM.parent
 sys.path.insert(0, str(REPO / "scripts"))
-from contract_support import Backends, free_port, push_and_pull, wait_http  # noqa: E402
+from contract_support import Backends, Berth, free_port, htpasswd, push_and_pull, token_key_pem  # noqa: E402
 
 CLOUD_INIT = TERRAFORM / "modules" / "berth-cloud-init"
 MODULES = [TERRAFORM / "modules" / "berth-aws", CLOUD_INIT, TERRAFORM / "examples" / "aws-vm-group"]
@@ -213,23 +213,13 @@ def boot(outputs, binary, secrets, ports, work, auth):
     words = shlex.split(exec_start)
     assert words[0] == "/usr/local/bin/berth", exec_start
     lines = [f"ExecStartPre fetch-secrets wrote {', '.join(sorted(p.name for p in mapped['/run/berth'].iterdir()))}"]
-    log = open(root / "berth.log", "w+")
-    process = subprocess.Popen([binary, *words[1:]], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with Berth([binary, *words[1:]], env, work) as berth:
         path = health_check_path()
-        try:
-            status = wait_http(f"http://127.0.0.1:{ports[outputs['target_port']]}{path}")
-        except AssertionError:
-            log.seek(0)
-            raise AssertionError(f"{path}: berth exited {process.poll()}: {log.read()[-3000:]}")
+        status = berth.probe(f"http://127.0.0.1:{ports[outputs['target_port']]}{path}", path)
         lines.append(f"{exec_start} with {len(env) - 3} settings: {path} (the target group's health check) {status}")
         user = None if auth == "none" else "busy"
         digest = push_and_pull(f"127.0.0.1:{ports[outputs['target_port']]}", work, user, PASSWORD)
         lines.append(f"skopeo push and pull through target port {outputs['target_port']}: {digest[:19]}…")
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        log.close()
     return lines
 
 
@@ -237,19 +227,6 @@ def health_check_path():
     alb = unquoted(hcl2.load(open(TERRAFORM / "modules" / "berth-aws" / "alb.tf")))
     group = next(r["aws_lb_target_group"] for r in alb["resource"] if "aws_lb_target_group" in r)
     return group["berth"]["health_check"][0]["path"]
-
-
-def htpasswd(binary):
-    with tempfile.TemporaryDirectory() as d:
-        env = {"PATH": os.environ["PATH"], "BERTH_HTPASSWD": f"{d}/htpasswd"}
-        subprocess.run([binary, "user", "add", "busy"], input=PASSWORD + "\n", env=env, check=True,
-                       capture_output=True, text=True)
-        return Path(f"{d}/htpasswd").read_text()
-
-
-def token_key():
-    return subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
-                          check=True, capture_output=True, text=True).stdout
 
 
 INSTALL = {"url": "https://example.com/berth", "sha256": "0" * 64}
@@ -274,7 +251,7 @@ def scaled(backends, users, port=None):
                     "redis_url": "/berth/redis-url", "token_key": "/berth/token-key", "htpasswd": "/berth/htpasswd"},
         "cloudwatch_log_group": "",
     }
-    secrets = {"/berth/database-url": b["database"], "/berth/redis-url": b["redis"], "/berth/token-key": token_key(),
+    secrets = {"/berth/database-url": b["database"], "/berth/redis-url": b["redis"], "/berth/token-key": token_key_pem(),
                "/berth/htpasswd": users}
     return inputs, secrets, "token"
 
@@ -458,7 +435,7 @@ def main():
     failed, passed = checkov(skips)
     assert not failed, "checkov failed checks (fix, or list in checkov-skips.yaml with a reason):\n" + "\n".join(failed)
     print(f"checkov: {passed} passed, 0 failed, {len(skips)} skipped by checkov-skips.yaml")
-    users = htpasswd(binary)
+    users = htpasswd(binary, "busy", PASSWORD)
     backends = Backends()
     for name, make in (("embedded", embedded), ("scaled", scaled)):
         run_boot(name, make, binary, backends, users)

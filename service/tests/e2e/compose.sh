@@ -17,7 +17,8 @@
 # With no Docker engine reachable it installs Debian's docker.io and docker-compose, starts a
 # dockerd of its own (its own data root, exec root and socket, storage driver vfs) and stops it
 # afterwards. Base and stand-in images are kept between runs (in the engine, and the Debian
-# root as a tarball under $BERTH_E2E_CACHE, default ~/.cache/berth-e2e).
+# root as a tarball under $BERTH_E2E_CACHE, default ~/.cache/berth-e2e, which also holds the
+# own dockerd's data root).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
@@ -34,9 +35,10 @@ quiet() { # COMMAND...: its output only when it fails (the legacy builder warns 
 }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'; }
 
-projects=() certs_dirs=() dockerd_pid=
+projects=() certs_dirs=() containers=() dockerd_pid=
 cleanup() {
     set +e
+    for container in "${containers[@]}"; do docker rm -f "$container" >/dev/null 2>&1; done
     for project in "${projects[@]}"; do
         (cd "$project" && compose down -v --remove-orphans >/dev/null 2>&1)
     done
@@ -56,8 +58,9 @@ if ! docker info >/dev/null 2>&1; then
         "${sudo[@]}" apt-get update -qq
         DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq docker.io docker-compose >/dev/null
     fi
-    mkdir -p "$run/docker"
-    "${sudo[@]}" dockerd --data-root "$run/docker/data" --exec-root "$run/docker/exec" \
+    # Its images (the base and the stand-ins) stay in the cache for the next run.
+    mkdir -p "$run/docker" "$cache/docker-data"
+    "${sudo[@]}" dockerd --data-root "$cache/docker-data" --exec-root "$run/docker/exec" \
         --host "unix://$run/docker/docker.sock" --pidfile "$run/docker/docker.pid" --storage-driver vfs \
         >"$run/docker/dockerd.log" 2>&1 &
     dockerd_pid=$!
@@ -117,6 +120,7 @@ health=$(docker image inspect -f '{{json .Config.Healthcheck.Test}}' "$BERTH_IMA
 size=$(docker image inspect -f '{{.Size}}' "$BERTH_IMAGE")
 started=$(date +%s.%N)
 container=$(docker run -d "$BERTH_IMAGE")
+containers+=("$container")
 for _ in $(seq 150); do
     [ "$(docker inspect -f '{{.State.Health.Status}}' "$container")" = healthy ] && break
     docker exec "$container" berth healthcheck >/dev/null 2>&1 && ready_at=${ready_at:-$(date +%s.%N)}

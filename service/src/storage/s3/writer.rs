@@ -117,8 +117,8 @@ impl S3Writer {
         Ok((key, upload_id))
     }
 
-    /// Sends `bytes` as the next part, in the background once a slot is free.
-    async fn send_part(&mut self, bytes: Pieces) -> Result<(), StorageError> {
+    /// The multipart upload, the next part's number and a slot to send it in.
+    async fn next_part(&mut self) -> Result<(String, String, u32, OwnedSemaphorePermit), StorageError> {
         let (key, upload_id) = self.ensure_multipart().await?;
         let number = self.next_number;
         self.next_number += 1;
@@ -129,6 +129,12 @@ impl S3Writer {
             Some(permit) => permit,
             None => self.slot().await?,
         };
+        Ok((key, upload_id, number, permit))
+    }
+
+    /// Sends `bytes` as the next part, in the background once a slot is free.
+    async fn send_part(&mut self, bytes: Pieces) -> Result<(), StorageError> {
+        let (key, upload_id, number, permit) = self.next_part().await?;
         let inner = self.inner.clone();
         self.parts.spawn(async move {
             let size = bytes.len() as u64;
@@ -160,16 +166,7 @@ impl S3Writer {
 
     /// Begins part `size` bytes long, streamed.
     async fn start_streaming(&mut self, size: u64) -> Result<(), StorageError> {
-        let (key, upload_id) = self.ensure_multipart().await?;
-        let number = self.next_number;
-        self.next_number += 1;
-        if number > MAX_PARTS {
-            return Err(StorageError::Io(std::io::Error::other("blob too large: more than 10,000 parts")));
-        }
-        let permit = match self.buffer_slot.take() {
-            Some(permit) => permit,
-            None => self.slot().await?,
-        };
+        let (key, upload_id, number, permit) = self.next_part().await?;
         self.streaming = Some(StreamedPart::start(self.inner.clone(), key, upload_id, number, size, permit));
         Ok(())
     }
