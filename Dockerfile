@@ -43,7 +43,7 @@ LABEL org.opencontainers.image.title="Berth" \
 # the data directory it owns: the image never runs as root.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
+    && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
     && groupadd --system --gid 10001 berth \
     && useradd --system --uid 10001 --gid berth --home-dir /var/lib/berth --shell /usr/sbin/nologin berth \
     && install -d -o berth -g berth -m 0750 /var/lib/berth
