@@ -18,7 +18,8 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${BUILD_IMAGE} AS build
 # The path of a prebuilt binary in the build context; empty builds from the sources (with
-# make, which jemalloc's build runs and the slim Rust image lacks).
+# make, which jemalloc's build runs and the slim Rust image lacks), without its debug info (the
+# release binary is 153 MB with its line tables, 29 MB stripped).
 ARG PREBUILT=
 WORKDIR /src
 COPY . .
@@ -27,7 +28,7 @@ RUN set -eu; \
         install -m 0755 "$PREBUILT" /berth; \
     else \
         apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*; \
-        cargo build --release --locked --bin berth; \
+        CARGO_PROFILE_RELEASE_STRIP=debuginfo cargo build --release --locked --bin berth; \
         install -m 0755 target/release/berth /berth; \
     fi
 

@@ -78,8 +78,8 @@ def push_streamed(url, repo, pieces, digest):
         conn.send(b"%x\r\n" % len(piece) + piece + b"\r\n")
     conn.send(b"0\r\n\r\n")
     r = conn.getresponse()
-    r.read()
-    assert r.status == 202, r.status
+    body = r.read()
+    assert r.status == 202, (url, location, r.status, body[:500])
     put(conn, r.getheader("Location"), digest)
     elapsed = time.monotonic() - started
     conn.close()
