@@ -15,7 +15,13 @@ fn digest(bytes: &[u8]) -> Digest {
     Digest::compute(Algorithm::Sha256, bytes)
 }
 
-async fn read(store: &dyn BlobStore, d: &Digest, location: Option<&str>, range: Option<ByteRange>) -> Vec<u8> {
+/// A blob's bytes (or a range of them) as the store streams them.
+pub(crate) async fn read(
+    store: &dyn BlobStore,
+    d: &Digest,
+    location: Option<&str>,
+    range: Option<ByteRange>,
+) -> Vec<u8> {
     let mut stream = store.get(d, location, range).await.unwrap();
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {

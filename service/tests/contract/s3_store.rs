@@ -6,8 +6,8 @@ use berth::oci::{Algorithm, Digest, Hasher};
 use berth::storage::BlobStore;
 use berth::storage::s3::{S3Connection, S3Store};
 use bytes::Bytes;
-use futures_util::StreamExt;
 
+use crate::blob_store::read;
 use crate::s3support::{self, PART};
 use crate::tlssupport::TlsFront;
 use crate::urlsupport::socket_of;
@@ -144,11 +144,7 @@ async fn parts_of_their_own(unsigned_payload: bool) {
     writer.write(Bytes::copy_from_slice(rest)).await.unwrap();
     let handle = writer.finish(Some(&digest)).await.unwrap();
     let location = store.commit_upload("planned", &handle, blob.len() as u64, &digest).await.unwrap();
-    let mut read = Vec::new();
-    let mut stream = store.get(&digest, location.as_deref(), None).await.unwrap();
-    while let Some(bytes) = stream.next().await {
-        read.extend_from_slice(&bytes.unwrap());
-    }
+    let read = read(&store, &digest, location.as_deref(), None).await;
     assert!(read == blob, "read back whole");
     assert_eq!(count(&store.requests(), "UploadPart"), 4);
 }
@@ -172,11 +168,7 @@ async fn a_streamed_part_cut_short_is_sent_again_whole() {
     let digest = Digest::compute(Algorithm::Sha256, &blob);
     let handle = writer.finish(Some(&digest)).await.unwrap();
     let location = store.commit_upload("cut", &handle, blob.len() as u64, &digest).await.unwrap();
-    let mut read = Vec::new();
-    let mut stream = store.get(&digest, location.as_deref(), None).await.unwrap();
-    while let Some(bytes) = stream.next().await {
-        read.extend_from_slice(&bytes.unwrap());
-    }
+    let read = read(&store, &digest, location.as_deref(), None).await;
     assert!(read == blob, "read back whole");
 }
 
@@ -259,11 +251,7 @@ async fn a_store_behind_a_private_ca_is_trusted_only_with_that_ca() {
     let blob = data(PART + 1000);
     let known = Digest::compute(Algorithm::Sha256, &blob);
     let digest = push(&trusting, "over-tls", &[&blob], Some(&known), true).await;
-    let mut read = Vec::new();
-    let mut stream = trusting.get(&digest, None, None).await.unwrap();
-    while let Some(bytes) = stream.next().await {
-        read.extend_from_slice(&bytes.unwrap());
-    }
+    let read = read(&trusting, &digest, None, None).await;
     assert_eq!(read, blob);
     assert!(front.handshakes() > 0, "the store went through TLS");
 
