@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 
 use super::streaming::{Pieces, StreamedPart};
 use super::{Inner, MAX_PARTS, MIN_PART_SIZE, Part, S3Upload, Tail, part_size, s3_error};
@@ -171,16 +171,18 @@ impl S3Writer {
         Ok(())
     }
 
-    fn finished_part(&mut self, part: Part) {
+    /// Records a part that went up, in number order, or passes on why it did not.
+    fn finished_part(&mut self, done: Result<Result<Part, StorageError>, JoinError>) -> Result<(), StorageError> {
+        let part = done.map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
         let at = self.state.parts.partition_point(|p| p.number < part.number);
         self.state.parts.insert(at, part);
+        Ok(())
     }
 
-    /// Waits for every part in flight; the parts are recorded in number order.
+    /// Waits for every part in flight and records them.
     async fn drain(&mut self) -> Result<(), StorageError> {
         while let Some(done) = self.parts.join_next().await {
-            let part = done.map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
-            self.finished_part(part);
+            self.finished_part(done)?;
         }
         Ok(())
     }
@@ -217,10 +219,16 @@ impl S3Writer {
             .await
             .map_err(|_| StorageError::Io(std::io::Error::other("part slots closed")))?;
         while let Some(done) = self.parts.try_join_next() {
-            let part = done.map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
-            self.finished_part(part);
+            self.finished_part(done)?;
         }
         Ok(permit)
+    }
+}
+
+/// Counts `n` more bytes of the chunk (whose rest is `chunk_left`, when known) as received.
+fn taken(chunk_left: &mut Option<u64>, n: usize) {
+    if let Some(left) = chunk_left {
+        *left = left.saturating_sub(n as u64);
     }
 }
 
@@ -251,9 +259,7 @@ impl UploadWriter for S3Writer {
             }
             if let Some(part) = &mut self.streaming {
                 let take = (part.room() as usize).min(bytes.len());
-                if let Some(left) = &mut self.chunk_left {
-                    *left = left.saturating_sub(take as u64);
-                }
+                taken(&mut self.chunk_left, take);
                 part.feed(bytes.split_to(take)).await;
                 if part.room() == 0
                     && let Some(part) = self.streaming.take()
@@ -264,9 +270,7 @@ impl UploadWriter for S3Writer {
                 continue;
             }
             let take = self.room().await?.min(bytes.len());
-            if let Some(left) = &mut self.chunk_left {
-                *left = left.saturating_sub(take as u64);
-            }
+            taken(&mut self.chunk_left, take);
             self.buffer.push(bytes.split_to(take));
             if self.room().await? == 0 {
                 let part = std::mem::take(&mut self.buffer);
