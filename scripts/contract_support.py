@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import tarfile
@@ -149,3 +150,16 @@ def token_key_pem():
     """A P-256 token signing key, PEM."""
     return subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
                           check=True, capture_output=True, text=True).stdout
+
+
+def local_setting(value, paths, ports):
+    """A setting as a process on this host needs it: a path under one of `paths`' prefixes
+    (the longest that matches) moved to its local directory, and an address on one of `ports`'
+    ports (`0.0.0.0:5000`) moved to the local port it maps to (`127.0.0.1:54321`)."""
+    for prefix, directory in sorted(paths.items(), key=lambda p: -len(p[0])):
+        if value == prefix or value.startswith(prefix + "/"):
+            value = str(directory) + value[len(prefix):]
+            break
+    for remote, local in ports.items():
+        value = re.sub(rf"^(0\.0\.0\.0|127\.0\.0\.1|\[::\]):{remote}$", f"127.0.0.1:{local}", value)
+    return value

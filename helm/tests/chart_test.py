@@ -33,7 +33,9 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent / "scripts"))
-from contract_support import Backends, Berth, free_port, htpasswd, push_and_pull, token_key_pem, wait_http  # noqa: E402,E501
+from contract_support import (  # noqa: E402
+    Backends, Berth, free_port, htpasswd, local_setting, push_and_pull, token_key_pem, wait_http,
+)
 CHART = HERE.parent / "berth"
 # The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion) and a current one.
 KUBE_VERSIONS = ["1.27.0", "1.37.0"]
@@ -235,10 +237,7 @@ class Pod:
             (directory / item["path"]).write_text(data[item["key"]])
 
     def local_path(self, value):
-        for mount_path, local in sorted(self.mounts.items(), key=lambda m: -len(m[0])):
-            if value == mount_path or value.startswith(mount_path + "/"):
-                return str(local) + value[len(mount_path):]
-        return value
+        return local_setting(value, self.mounts, {})
 
     def environment(self):
         env = {}
@@ -258,11 +257,7 @@ class Pod:
                 env[var["name"]] = self.config_maps[key["name"]][key["key"]]
             else:
                 raise AssertionError(f"{var['name']}: unsupported source {ref}")
-        for name, value in env.items():
-            value = self.local_path(value)
-            for container_port, local_port in self.ports.items():
-                value = re.sub(rf"^(0\.0\.0\.0|127\.0\.0\.1|\[::\]):{container_port}$", rf"127.0.0.1:{local_port}", value)
-            env[name] = value
+        env = {name: local_setting(value, self.mounts, self.ports) for name, value in env.items()}
         # The image's own environment (Dockerfile ENV), under what the pod sets.
         return {"BERTH_LISTEN": f"127.0.0.1:{self.ports.get(5000, 5000)}", "BERTH_DATA_DIR": self.local_path("/var/lib/berth"),
                 "PATH": os.environ["PATH"], **env}

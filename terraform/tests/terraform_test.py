@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 TERRAFORM = HERE.parent
 REPO = TERRAFORM.parent
 sys.path.insert(0, str(REPO / "scripts"))
-from contract_support import Backends, Berth, free_port, htpasswd, push_and_pull, token_key_pem  # noqa: E402
+from contract_support import Backends, Berth, free_port, htpasswd, local_setting, push_and_pull, token_key_pem  # noqa: E402,E501
 
 CLOUD_INIT = TERRAFORM / "modules" / "berth-cloud-init"
 MODULES = [TERRAFORM / "modules" / "berth-aws", CLOUD_INIT, TERRAFORM / "examples" / "aws-vm-group"]
@@ -176,10 +176,7 @@ def boot(outputs, binary, secrets, ports, work, auth):
         directory.mkdir(parents=True)
 
     def local(path):
-        for prefix, directory in mapped.items():
-            if path == prefix or path.startswith(prefix + "/"):
-                return str(directory) + path[len(prefix):]
-        return path
+        return local_setting(path, mapped, {})
 
     for path, content in files.items():
         if path.startswith(("/etc/berth/", "/usr/local/lib/berth/")):
@@ -201,11 +198,7 @@ def boot(outputs, binary, secrets, ports, work, auth):
         if optional and not path.exists():
             continue
         env.update(environment_file(path.read_text()))
-    for name, value in env.items():
-        value = local(value)
-        for container_port, local_port in ports.items():
-            value = re.sub(rf"^(0\.0\.0\.0|127\.0\.0\.1|\[::\]):{container_port}$", rf"127.0.0.1:{local_port}", value)
-        env[name] = value
+    env = {name: local_setting(value, mapped, ports) for name, value in env.items()}
     env["PATH"] = os.environ["PATH"]
     # What the instance role gives the SDK on a VM (through IMDS): the test S3 server's keys.
     env.update({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
