@@ -14,8 +14,8 @@ cd "$(dirname "$0")/.."
 sudo=()
 [ "$(id -u)" = 0 ] || sudo=(sudo)
 
-# Debian packages: the real clients (skopeo, umoci, podman, containerd) and the servers
-# (PostgreSQL, Redis, nginx).
+# Debian packages: the real clients (skopeo, umoci, podman, containerd), the servers
+# (PostgreSQL, Redis, nginx), and openssl and ip for the chart, Terraform and compose tests.
 missing=()
 for pair in skopeo:skopeo umoci:umoci podman:podman ctr:containerd jq:jq curl:curl redis-server:redis-server nginx:nginx \
     openssl:openssl ip:iproute2; do
