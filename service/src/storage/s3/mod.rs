@@ -887,7 +887,20 @@ impl BlobStore for S3Store {
 
     async fn ping(&self) -> Result<(), StorageError> {
         let inner = &self.inner;
-        inner.client.head_bucket().bucket(inner.bucket()).send().await.map_err(|e| s3_error("HeadBucket", e))?;
+        // One attempt: a readiness check asks whether the store answers now. With the SDK's
+        // retries and their backoff, a store that refuses connections took longer than the
+        // check waits, and was reported as slow rather than unreachable.
+        let once = aws_sdk_s3::config::Builder::new()
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(1));
+        inner
+            .client
+            .head_bucket()
+            .bucket(inner.bucket())
+            .customize()
+            .config_override(once)
+            .send()
+            .await
+            .map_err(|e| s3_error("HeadBucket", e))?;
         Ok(())
     }
 }
