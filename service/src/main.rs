@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use berth::config::{Overrides, Settings};
 use berth::metadata::sql::SqlMetadata;
+use berth::registry::lifecycle::{Decision, RunOptions};
 use berth::server::Unreachable;
 use clap::{Args, Parser, Subcommand};
+use std::time::Duration;
 
 /// jemalloc rather than glibc's malloc: part buffers of many megabytes come and go with every
 /// upload, and glibc keeps the memory of a burst of them long after (its mmap threshold rises
@@ -47,6 +49,31 @@ enum Command {
     /// and what abandoned uploads left in the blob store (multipart uploads, partial objects;
     /// `berth serve` also does this on its own), then exit. Safe while replicas serve.
     Gc(GcArgs),
+    /// Apply the retention rules ([[retention]] in the config file) once, or with --dry-run
+    /// print, per repository, what they would remove and which rule decides; `berth serve`
+    /// applies them on its own every BERTH_GC_INTERVAL.
+    Retention(RetentionArgs),
+    /// Print each quota namespace's usage and limit, as counted; with --recount, also counted
+    /// from scratch, failing if the two differ.
+    Usage(UsageArgs),
+}
+
+#[derive(Args)]
+struct RetentionArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Print what would be removed, and remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+struct UsageArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Count every namespace again from its links, and compare.
+    #[arg(long)]
+    recount: bool,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +156,9 @@ struct GcArgs {
     /// deployment may pull a manifest by digest after its tag moved on.
     #[arg(long)]
     untagged: bool,
+    /// Also apply the retention rules ([[retention]] in the config file) first.
+    #[arg(long)]
+    retention: bool,
 }
 
 impl ServeArgs {
@@ -222,6 +252,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let settings =
                 Settings::load(args.config.config.as_deref(), &overrides).context("invalid configuration")?;
             with_telemetry(settings, |settings| gc(settings, args))
+        }
+        Command::Retention(args) => {
+            let settings = args.config.settings()?;
+            with_telemetry(settings, |settings| retention(settings, args.dry_run))
+        }
+        Command::Usage(args) => {
+            let settings = args.config.settings()?;
+            with_telemetry(settings, |settings| usage(settings, args.recount))
         }
         Command::CheckConfig(args) => {
             let settings = args.serve.settings()?;
@@ -325,14 +363,98 @@ fn user(command: UserCommand) -> anyhow::Result<()> {
 async fn gc(settings: Settings, args: GcArgs) -> anyhow::Result<()> {
     let registry = berth::server::build_registry(&settings, Unreachable::Fail).await?;
     let verb = if args.dry_run { "would remove" } else { "removed" };
-    let collected = registry.collect(args.grace, args.untagged, args.dry_run).await?;
-    if args.untagged {
-        println!("{verb} {} untagged manifest(s)", collected.manifests);
+    if args.dry_run {
+        if args.retention {
+            print_decisions(&registry.plan_retention(None).await?);
+        }
+        let collected = registry.collect(args.grace, args.untagged, true).await?;
+        if args.untagged {
+            println!("{verb} {} untagged manifest(s)", collected.manifests);
+        }
+        println!("{verb} {} unreferenced blob(s), {} bytes", collected.blobs, collected.bytes);
+        return Ok(());
     }
-    println!("{verb} {} unreferenced blob(s), {} bytes", collected.blobs, collected.bytes);
-    if !args.dry_run {
-        let discarded = registry.sweep_uploads().await;
-        println!("discarded {discarded} abandoned upload(s)");
+    let options = RunOptions {
+        grace: args.grace,
+        untagged: args.untagged.then_some(args.grace),
+        retention: args.retention,
+        blobs: true,
+        batch: settings.gc_batch,
+    };
+    let started = std::time::Instant::now();
+    let report = registry.collect_under_lease(&options).await?;
+    if args.retention {
+        println!("{verb} {} tag(s)", report.tags);
     }
+    if args.retention {
+        println!("{verb} {} manifest(s)", report.manifests);
+    } else if args.untagged {
+        println!("{verb} {} untagged manifest(s)", report.manifests);
+    }
+    println!("{verb} {} unreferenced blob(s), {} bytes", report.blobs, report.bytes);
+    println!(
+        "took {:.1} s; longest transaction {} ms",
+        started.elapsed().as_secs_f64(),
+        report.longest_transaction.as_millis()
+    );
+    let discarded = registry.sweep_uploads().await;
+    println!("discarded {discarded} abandoned upload(s)");
+    Ok(())
+}
+
+/// Decisions grouped by repository, as `berth retention --dry-run` prints them.
+fn print_decisions(decisions: &[Decision]) {
+    let mut last: Option<&str> = None;
+    for d in decisions {
+        if last != Some(d.repository.as_str()) {
+            println!("{}", d.repository);
+            last = Some(d.repository.as_str());
+        }
+        println!("  {}: {}", d.what, d.reason);
+    }
+}
+
+async fn retention(settings: Settings, dry_run: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(!settings.retention.is_empty(), "no [[retention]] rules in the configuration");
+    let registry = berth::server::build_registry(&settings, Unreachable::Fail).await?;
+    if dry_run {
+        let decisions = registry.plan_retention(None).await?;
+        print_decisions(&decisions);
+        println!("would remove {} tag(s) and manifest(s)", decisions.len());
+        return Ok(());
+    }
+    let options = RunOptions { grace: Duration::ZERO, untagged: None, retention: true, blobs: false, batch: 500 };
+    let report = registry.collect_under_lease(&options).await?;
+    print_decisions(&report.decisions);
+    println!(
+        "removed {} tag(s) and {} manifest(s); their blobs go with the next collection",
+        report.tags, report.manifests
+    );
+    Ok(())
+}
+
+async fn usage(settings: Settings, recount: bool) -> anyhow::Result<()> {
+    let registry = berth::server::build_registry(&settings, Unreachable::Fail).await?;
+    let counted = registry.usage().await?;
+    let mut differ = 0;
+    for (namespace, limit) in &registry.lifecycle().quotas {
+        let Some(usage) = counted.iter().find(|u| u.namespace == *namespace) else {
+            println!("{namespace}\tnot counted yet (berth serve counts it when it starts)\tlimit {limit}");
+            continue;
+        };
+        let percent = if *limit == 0 { 100.0 } else { usage.bytes as f64 * 100.0 / *limit as f64 };
+        print!("{namespace}\t{} bytes\tlimit {limit}\t{percent:.1} %", usage.bytes);
+        if recount {
+            let again = registry.recount_usage(namespace).await?;
+            if again == usage.bytes {
+                print!("\trecounted: {again}, the same");
+            } else {
+                print!("\trecounted: {again}, DIFFERENT");
+                differ += 1;
+            }
+        }
+        println!();
+    }
+    anyhow::ensure!(differ == 0, "{differ} namespace(s) counted differently from scratch");
     Ok(())
 }

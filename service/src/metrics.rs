@@ -1,7 +1,7 @@
 //! Every Prometheus metric Berth exports, in one place.
 //!
 //! Labels are bounded on purpose: the matched route pattern, the method, the status code, the
-//! backend and the operation. Never a repository name, a tag, a digest or a user name: those
+//! backend and the operation (and a configured quota namespace). Never a repository name, a tag, a digest or a user name: those
 //! would make a new time series for every one of them.
 
 use std::future::Future;
@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use tracing::Instrument;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Latency buckets, in seconds: from a cached manifest to a multi-gigabyte layer.
@@ -53,6 +54,25 @@ pub struct Metrics {
     /// Requests sent to the S3 store, by S3 operation (`PutObject`, `UploadPart`, …), retries
     /// included: how a blob travelled, and what the store is billed for.
     pub s3_requests: IntCounterVec,
+    /// Collection runs (retention, untagged manifests, blobs) this replica made, by result:
+    /// `ok`, `error`, or `lost` (the lease was taken over mid-run).
+    pub gc_runs: IntCounterVec,
+    pub gc_removed_blobs: IntCounter,
+    pub gc_removed_bytes: IntCounter,
+    pub gc_removed_manifests: IntCounter,
+    pub gc_removed_tags: IntCounter,
+    pub gc_seconds: Histogram,
+    /// Unix time of this replica's last successful run.
+    pub gc_last_success: IntGauge,
+    /// 1 while this replica holds the collector's lease.
+    pub gc_lease_held: IntGauge,
+    /// Quota usage and limit in bytes, by configured namespace.
+    pub quota_usage: IntGaugeVec,
+    pub quota_limit: IntGaugeVec,
+    /// Pushes refused, by reason: `quota`, `immutable`.
+    pub refusals: IntCounterVec,
+    /// Pull times written to the database, and those lost to a failed flush.
+    pub pulls_flushed: IntCounter,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -71,6 +91,12 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
     registry.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -147,6 +173,32 @@ impl Metrics {
             auth: counter_vec(r, "berth_auth_total", "Authentication and authorisation outcomes", &["mode", "outcome"]),
             uploads_swept: counter(r, "berth_uploads_swept_total", "Abandoned uploads removed"),
             s3_requests: counter_vec(r, "berth_s3_requests_total", "Requests sent to the S3 store", &["operation"]),
+            gc_runs: counter_vec(r, "berth_gc_runs_total", "Collection runs made by this replica", &["result"]),
+            gc_removed_blobs: counter(r, "berth_gc_removed_blobs_total", "Blobs the collector removed"),
+            gc_removed_bytes: counter(r, "berth_gc_removed_bytes_total", "Bytes of the blobs the collector removed"),
+            gc_removed_manifests: counter(r, "berth_gc_removed_manifests_total", "Manifests the collector removed"),
+            gc_removed_tags: counter(r, "berth_gc_removed_tags_total", "Tags retention removed"),
+            gc_seconds: {
+                let opts = HistogramOpts::new("berth_gc_duration_seconds", "Time a collection run took");
+                let h = Histogram::with_opts(opts.buckets(BUCKETS.to_vec())).expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            gc_last_success: gauge(
+                r,
+                "berth_gc_last_success_timestamp_seconds",
+                "Unix time of this replica's last successful collection run",
+            ),
+            gc_lease_held: gauge(r, "berth_gc_lease_held", "1 while this replica holds the collector's lease"),
+            quota_usage: gauge_vec(
+                r,
+                "berth_quota_usage_bytes",
+                "Bytes of distinct blobs linked under a quota namespace",
+                &["namespace"],
+            ),
+            quota_limit: gauge_vec(r, "berth_quota_limit_bytes", "Quota of a namespace in bytes", &["namespace"]),
+            refusals: counter_vec(r, "berth_push_refusals_total", "Pushes refused by a lifecycle rule", &["reason"]),
+            pulls_flushed: counter(r, "berth_pull_times_flushed_total", "Pull times written to the database"),
             registry,
         }
     }

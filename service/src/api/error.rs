@@ -93,6 +93,8 @@ impl ApiError {
                 Error::PaginationInvalid(_) => (S::BAD_REQUEST, Code::Unsupported),
                 Error::TooManyTags { .. } => (S::URI_TOO_LONG, Code::Unsupported),
                 Error::DeleteDisabled => (S::METHOD_NOT_ALLOWED, Code::Unsupported),
+                Error::Denied(_) => (S::FORBIDDEN, Code::Denied),
+                Error::LeaseLost => (S::SERVICE_UNAVAILABLE, Code::Unavailable),
                 Error::Unavailable { .. } | Error::TryAgain(_) => (S::SERVICE_UNAVAILABLE, Code::Unavailable),
                 Error::StorageFull(_) => (S::INSUFFICIENT_STORAGE, Code::Unavailable),
                 Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, Code::Internal),

@@ -127,7 +127,7 @@ impl AccessRules {
 }
 
 /// Matches a repository name against a pattern, segment by segment.
-fn pattern_matches(pattern: &str, name: &str, user: Option<&str>) -> bool {
+pub(crate) fn pattern_matches(pattern: &str, name: &str, user: Option<&str>) -> bool {
     let pattern = match (pattern.contains("{user}"), user) {
         (true, Some(user)) => pattern.replace("{user}", user),
         (true, None) => return false,

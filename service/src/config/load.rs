@@ -164,6 +164,36 @@ fn typed(defaults: &Table, key: &str, raw: &str) -> Result<toml::Value, String> 
     }
 }
 
+/// The settings written as arrays of tables, in the config file only.
+pub const TABLES: &[&str] = &["retention", "immutable", "quota"];
+
+/// Checks each `[[key]]` table on its own, so that a mistake names its entry and line.
+fn check_tables(defaults: &Table, path: &Path, text: &str, key: &str, value: &toml::Value) -> Result<(), ConfigError> {
+    let Some(entries) = value.as_array() else {
+        return Err(ConfigError(format!("{}: {key} must be [[{key}]] tables", path.display())));
+    };
+    // The header lines, in order: the n-th entry's line.
+    let headers: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            l.trim().strip_prefix("[[").and_then(|l| l.strip_suffix("]]")).is_some_and(|k| k.trim() == key)
+        })
+        .map(|(i, _)| i + 1)
+        .collect();
+    for (i, entry) in entries.iter().enumerate() {
+        if let Err(e) = try_value(defaults, key, toml::Value::Array(vec![entry.clone()])) {
+            let place = match headers.get(i) {
+                Some(line) => format!("{}, line {line}", path.display()),
+                None => path.display().to_string(),
+            };
+            let message = e.replace('`', "");
+            return Err(ConfigError(format!("{place}: [[{key}]] entry {}: {message}", i + 1)));
+        }
+    }
+    Ok(())
+}
+
 /// The settings the layers make. `env` is the process's environment (all of it: only the
 /// `BERTH_` variables are read).
 pub fn load(
@@ -195,6 +225,9 @@ pub fn load(
                 let hint = suggestion(&key).map(|k| format!(" (did you mean {k}?)")).unwrap_or_default();
                 return Err(ConfigError(format!("unknown setting {key} in {place}{hint}")));
             }
+            if TABLES.contains(&key.as_str()) {
+                check_tables(&defaults, path, &text, &key, &value)?;
+            }
             if let Err(e) = try_value(&defaults, &key, value.clone()) {
                 return Err(ConfigError(format!(
                     "{}: expected {}",
@@ -207,6 +240,12 @@ pub fn load(
         }
     }
     for (key, raw) in env.iter().filter(|(k, _)| k.as_str() != "config") {
+        if TABLES.contains(&key.as_str()) {
+            return Err(ConfigError(format!(
+                "{} cannot be set in the environment: write [[{key}]] tables in the config file",
+                variable(key)
+            )));
+        }
         if !keys().contains(&key.as_str()) {
             let hint = suggestion(key).map(|k| format!(" (did you mean {}?)", variable(k))).unwrap_or_default();
             return Err(ConfigError(format!("unknown setting {} in the environment{hint}", variable(key))));
@@ -225,7 +264,11 @@ pub fn load(
     }
     let settings = Settings::deserialize(toml::Value::Table(merged))
         .map_err(|e| ConfigError(format!("invalid configuration: {}", e.message())))?;
-    settings.validate().map_err(ConfigError)?;
+    settings.validate().map_err(|e| match &file {
+        // A rule table's mistake names its entry; the file is where to look for it.
+        Some(path) if e.starts_with("[[") => ConfigError(format!("{}: {e}", path.display())),
+        _ => ConfigError(e),
+    })?;
     Ok(settings)
 }
 

@@ -11,9 +11,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::registry::Policy;
+pub use crate::registry::lifecycle::rules::{ImmutableEntry, QuotaEntry, RetentionEntry};
 
 mod load;
-pub use load::{ConfigError, keys, variable};
+pub use load::{ConfigError, TABLES, keys, variable};
 
 /// Where blob bytes are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,11 +253,32 @@ pub struct Settings {
     pub log: String,
     /// `text` or `json` (`BERTH_LOG_FORMAT`).
     pub log_format: LogFormat,
+    /// Seconds between collection runs in `serve` (retention, untagged manifests, blobs), one
+    /// replica at a time; 0 turns the collector off (`BERTH_GC_INTERVAL`).
+    pub gc_interval: u64,
+    /// Seconds a blob or manifest is safe from the collector after it was pushed or linked:
+    /// longer than any push takes (`BERTH_GC_GRACE`).
+    pub gc_grace: u64,
+    /// Seconds the collector's lease lasts unless renewed; a replica that died holding it
+    /// is taken over after this long (`BERTH_GC_LEASE_TTL`).
+    pub gc_lease_ttl: u64,
+    /// Rows the collector handles per transaction (`BERTH_GC_BATCH`).
+    pub gc_batch: usize,
+    /// Seconds between writes of the pull times each replica gathers for retention's
+    /// `keep_pulled_within`; a crash loses at most this much (`BERTH_PULL_FLUSH_INTERVAL`).
+    pub pull_flush_interval: u64,
+    /// Retention rules, `[[retention]]` tables of the config file only.
+    pub retention: Vec<RetentionEntry>,
+    /// Immutable tags, `[[immutable]]` tables of the config file only.
+    pub immutable: Vec<ImmutableEntry>,
+    /// Quotas per namespace, `[[quota]]` tables of the config file only.
+    pub quota: Vec<QuotaEntry>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         let policy = Policy::default();
+        let collector = crate::registry::lifecycle::Collector::default();
         Settings {
             listen: "127.0.0.1:5000".into(),
             data_dir: PathBuf::from("./data"),
@@ -313,6 +335,14 @@ impl Default for Settings {
             // is logged by actix as an error; it is the client's business, not the operator's.
             log: "info,actix_http::h1::dispatcher=off".into(),
             log_format: LogFormat::Text,
+            gc_interval: collector.interval.map_or(0, |i| i.as_secs()),
+            gc_grace: collector.grace.as_secs(),
+            gc_lease_ttl: collector.lease_ttl.as_secs(),
+            gc_batch: collector.batch,
+            pull_flush_interval: collector.pull_flush.as_secs(),
+            retention: Vec::new(),
+            immutable: Vec::new(),
+            quota: Vec::new(),
         }
     }
 }
@@ -356,14 +386,28 @@ impl Settings {
         }
     }
 
-    pub fn policy(&self) -> Policy {
-        Policy {
+    pub fn policy(&self) -> Result<Policy, ConfigError> {
+        Ok(Policy {
             delete_enabled: self.delete,
             max_manifest_size: self.max_manifest_size,
             upload_idle_timeout: Duration::from_secs(self.upload_idle_timeout),
             body_idle_timeout: Duration::from_secs(self.body_idle_timeout),
             lock_ttl: Duration::from_secs(self.upload_lock_ttl),
-        }
+            lifecycle: self.lifecycle()?,
+            collector: crate::registry::lifecycle::Collector {
+                interval: (self.gc_interval > 0).then(|| Duration::from_secs(self.gc_interval)),
+                grace: Duration::from_secs(self.gc_grace),
+                lease_ttl: Duration::from_secs(self.gc_lease_ttl),
+                batch: self.gc_batch,
+                pull_flush: Duration::from_secs(self.pull_flush_interval),
+            },
+        })
+    }
+
+    /// The retention, immutable and quota rules, compiled.
+    pub fn lifecycle(&self) -> Result<crate::registry::lifecycle::Lifecycle, ConfigError> {
+        crate::registry::lifecycle::Lifecycle::compile(&self.retention, &self.immutable, &self.quota)
+            .map_err(ConfigError)
     }
 
     /// Which forwarded headers to believe.
@@ -383,6 +427,16 @@ impl Settings {
 
     /// Checks what the types cannot: ranges, and settings that only make sense together.
     pub fn validate(&self) -> Result<(), String> {
+        self.lifecycle().map_err(|e| e.0)?;
+        if self.gc_lease_ttl < 2 {
+            return Err(format!("BERTH_GC_LEASE_TTL is {} but the lease needs at least 2 seconds", self.gc_lease_ttl));
+        }
+        if !(1..=1000).contains(&self.gc_batch) {
+            return Err(format!("BERTH_GC_BATCH is {}: expected 1 to 1000", self.gc_batch));
+        }
+        if self.pull_flush_interval == 0 {
+            return Err("BERTH_PULL_FLUSH_INTERVAL is 0: expected at least 1 second".into());
+        }
         for (name, address) in
             [("BERTH_LISTEN", Some(&self.listen)), ("BERTH_METRICS_LISTEN", self.metrics_listen.as_ref())]
         {
@@ -618,6 +672,10 @@ mod tests {
     fn the_configuration_reference_lists_every_setting() {
         let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/reference/configuration.md"));
         for key in keys() {
+            if TABLES.contains(key) {
+                assert!(doc.contains(&format!("[[{key}]]")), "docs/reference/configuration.md lacks [[{key}]]");
+                continue;
+            }
             assert!(
                 doc.contains(&format!("`{}`", variable(key))),
                 "docs/reference/configuration.md lacks {}",

@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::{
-    BlobHolders, BlobRecord, Collectable, MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer,
-    StoredManifest,
+    BlobHolders, BlobRecord, Collectable, DeleteBytes, Lease, MetadataError, MetadataStore, NewManifest, Page,
+    PutManifest, Referrer, StoredManifest, TagInfo, Usage,
 };
 use crate::metrics::{self, Metrics};
 use crate::oci::{Digest, Reference, RepoName, Tag};
@@ -72,17 +72,88 @@ impl MetadataStore for Instrumented {
         timed(self.kind(), "finish_blob_removal", self.0.finish_blob_removal(digest)).await
     }
 
-    async fn unkept_manifests(&self, repository: &RepoName, cutoff: SystemTime) -> Result<Vec<Digest>, MetadataError> {
-        timed(self.kind(), "unkept_manifests", self.0.unkept_manifests(repository, cutoff)).await
+    async fn unkept_manifests(
+        &self,
+        repository: &RepoName,
+        cutoff: Option<SystemTime>,
+        released: &[Digest],
+    ) -> Result<Vec<Digest>, MetadataError> {
+        timed(self.kind(), "unkept_manifests", self.0.unkept_manifests(repository, cutoff, released)).await
     }
 
     async fn remove_unkept_manifest(
         &self,
+        lease: &Lease,
         repository: &RepoName,
         digest: &Digest,
         cutoff: SystemTime,
     ) -> Result<bool, MetadataError> {
-        timed(self.kind(), "remove_unkept_manifest", self.0.remove_unkept_manifest(repository, digest, cutoff)).await
+        let work = self.0.remove_unkept_manifest(lease, repository, digest, cutoff);
+        timed(self.kind(), "remove_unkept_manifest", work).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+        due: bool,
+    ) -> Result<Option<Lease>, MetadataError> {
+        timed(self.kind(), "acquire_lease", self.0.acquire_lease(name, holder, ttl, due)).await
+    }
+
+    async fn renew_lease(&self, lease: &Lease) -> Result<(), MetadataError> {
+        timed(self.kind(), "renew_lease", self.0.renew_lease(lease)).await
+    }
+
+    async fn release_lease(&self, lease: &Lease, next_run: Option<SystemTime>) -> Result<(), MetadataError> {
+        timed(self.kind(), "release_lease", self.0.release_lease(lease, next_run)).await
+    }
+
+    async fn begin_blob_removals(
+        &self,
+        lease: &Lease,
+        digests: &[Digest],
+        cutoff: SystemTime,
+    ) -> Result<Vec<(Digest, BlobRecord)>, MetadataError> {
+        timed(self.kind(), "begin_blob_removals", self.0.begin_blob_removals(lease, digests, cutoff)).await
+    }
+
+    async fn finish_blob_removals(
+        &self,
+        lease: &Lease,
+        digests: &[Digest],
+        delete: &DeleteBytes<'_>,
+    ) -> Result<Vec<(Digest, BlobRecord)>, MetadataError> {
+        timed(self.kind(), "finish_blob_removals", self.0.finish_blob_removals(lease, digests, delete)).await
+    }
+
+    async fn tag_infos(&self, repository: &RepoName) -> Result<Vec<TagInfo>, MetadataError> {
+        timed(self.kind(), "tag_infos", self.0.tag_infos(repository)).await
+    }
+
+    async fn remove_tag(&self, lease: &Lease, repository: &RepoName, tag: &TagInfo) -> Result<bool, MetadataError> {
+        timed(self.kind(), "remove_tag", self.0.remove_tag(lease, repository, tag)).await
+    }
+
+    async fn tags_of(&self, repository: &RepoName, digest: &Digest) -> Result<Vec<Tag>, MetadataError> {
+        timed(self.kind(), "tags_of", self.0.tags_of(repository, digest)).await
+    }
+
+    async fn record_pulls(&self, pulls: &[(RepoName, Reference, SystemTime)]) -> Result<(), MetadataError> {
+        timed(self.kind(), "record_pulls", self.0.record_pulls(pulls)).await
+    }
+
+    async fn sync_quotas(&self, quotas: &[(String, u64)]) -> Result<(), MetadataError> {
+        timed(self.kind(), "sync_quotas", self.0.sync_quotas(quotas)).await
+    }
+
+    async fn usage(&self) -> Result<Vec<Usage>, MetadataError> {
+        timed(self.kind(), "usage", self.0.usage()).await
+    }
+
+    async fn recount_usage(&self, namespace: &str) -> Result<u64, MetadataError> {
+        timed(self.kind(), "recount_usage", self.0.recount_usage(namespace)).await
     }
 
     async fn manifest_references(&self, repository: &RepoName, digest: &Digest) -> Result<Vec<Digest>, MetadataError> {
@@ -118,8 +189,13 @@ impl MetadataStore for Instrumented {
         timed(self.kind(), "unlink_blob", self.0.unlink_blob(repository, digest)).await
     }
 
-    async fn put_manifest(&self, manifest: &NewManifest, tags: &[Tag]) -> Result<PutManifest, MetadataError> {
-        timed(self.kind(), "put_manifest", self.0.put_manifest(manifest, tags)).await
+    async fn put_manifest(
+        &self,
+        manifest: &NewManifest,
+        tags: &[Tag],
+        fixed: &[Tag],
+    ) -> Result<PutManifest, MetadataError> {
+        timed(self.kind(), "put_manifest", self.0.put_manifest(manifest, tags, fixed)).await
     }
 
     async fn get_manifest(

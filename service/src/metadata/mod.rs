@@ -23,9 +23,69 @@ pub enum MetadataError {
     /// The database has no space left to write.
     #[error("metadata store is full: {0}")]
     Full(String),
+    /// The collector's lease was taken over (or released): the holder may change nothing more.
+    #[error("the {0} lease is no longer held by this process")]
+    Fenced(String),
+    /// Linking the blob would take a namespace past its quota; nothing was linked.
+    #[error("{0}")]
+    QuotaExceeded(QuotaExceeded),
     #[error("metadata store error: {0}")]
     Other(String),
 }
+
+/// A refused link, with what the client is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub namespace: String,
+    pub usage: u64,
+    pub limit: u64,
+    /// The size of the blob that did not fit.
+    pub size: u64,
+}
+
+impl std::fmt::Display for QuotaExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "quota of namespace {} exceeded: {} bytes used of {} bytes, and this blob has {} bytes",
+            self.namespace, self.usage, self.limit, self.size
+        )
+    }
+}
+
+/// A held lease: `token` fences every change made under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    pub token: i64,
+    pub ttl: std::time::Duration,
+}
+
+/// A tag as retention sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagInfo {
+    pub name: String,
+    pub digest: Digest,
+    /// When the tag was last pushed (pointed at its manifest), in milliseconds since the epoch.
+    pub pushed_at: i64,
+    /// When the tag, or its manifest by digest, was last pulled, as far as flushed.
+    pub pulled_at: Option<i64>,
+}
+
+/// A quota namespace's counted usage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub namespace: String,
+    pub bytes: u64,
+    pub limit: u64,
+}
+
+/// Deletes the bytes of blobs whose removal began, for [`MetadataStore::finish_blob_removals`].
+pub type DeleteBytes<'a> = dyn Fn(Vec<(Digest, BlobRecord)>) -> futures_util::future::BoxFuture<'static, Result<(), String>>
+    + Send
+    + Sync
+    + 'a;
 
 /// A stored blob as the metadata knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +140,8 @@ pub enum PutManifest {
     Missing(Vec<Digest>),
     /// Nothing was stored: these references are in the repository with another size.
     WrongSize(Vec<Digest>),
+    /// Nothing was stored: this fixed (immutable) tag points at that other manifest.
+    TagFixed(Tag, Digest),
 }
 
 /// A stored manifest; `payload` is only loaded when asked for.
@@ -176,21 +238,88 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn finish_blob_removal(&self, digest: &Digest) -> Result<(), MetadataError>;
 
     /// Manifests of `repository` that nothing keeps: kept are the tagged ones, those stored
-    /// (or stored again) at or after `cutoff`, the manifests a kept index lists and the
-    /// referrers of a kept manifest. In the order [`MetadataStore::remove_unkept_manifest`]
-    /// must take them: an index before the manifests it lists, a subject before its
-    /// referrers.
-    async fn unkept_manifests(&self, repository: &RepoName, cutoff: SystemTime) -> Result<Vec<Digest>, MetadataError>;
+    /// (or stored again) at or after `cutoff` (every untagged one when `cutoff` is `None`),
+    /// the manifests a kept index lists and the referrers of a kept manifest. `released`
+    /// (manifests whose last tag retention removed) are not kept for their age, and neither is
+    /// what they list or what refers to them. In the order
+    /// [`MetadataStore::remove_unkept_manifest`] must take them: an index before the manifests
+    /// it lists, a subject before its referrers.
+    async fn unkept_manifests(
+        &self,
+        repository: &RepoName,
+        cutoff: Option<SystemTime>,
+        released: &[Digest],
+    ) -> Result<Vec<Digest>, MetadataError>;
 
-    /// Removes the manifest if, checked again in the removal's transaction, it is still not
-    /// tagged, was stored before `cutoff`, is listed by no index, and its subject (if it has
-    /// one) is gone; whether it did.
+    /// Removes the manifest if, checked again in the removal's transaction (fenced by
+    /// `lease`), it is still not tagged, was stored before `cutoff`, is listed by no index,
+    /// and its subject (if it has one) is gone; whether it did.
     async fn remove_unkept_manifest(
         &self,
+        lease: &Lease,
         repository: &RepoName,
         digest: &Digest,
         cutoff: SystemTime,
     ) -> Result<bool, MetadataError>;
+
+    /// Takes the lease `name` for `holder` if nobody holds it (or it expired), and, with
+    /// `due`, only once its schedule says a run is due. Each acquisition gets a new token.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+        due: bool,
+    ) -> Result<Option<Lease>, MetadataError>;
+
+    /// Extends the lease by its ttl; [`MetadataError::Fenced`] when it is no longer held.
+    async fn renew_lease(&self, lease: &Lease) -> Result<(), MetadataError>;
+
+    /// Gives the lease up; the next run is due at `next_run` (as it was when `None`).
+    async fn release_lease(&self, lease: &Lease, next_run: Option<SystemTime>) -> Result<(), MetadataError>;
+
+    /// [`MetadataStore::begin_blob_removal`] for a batch, in one transaction fenced by
+    /// `lease`: the blobs (of `digests`) whose removal began or had begun, with their records.
+    async fn begin_blob_removals(
+        &self,
+        lease: &Lease,
+        digests: &[Digest],
+        cutoff: SystemTime,
+    ) -> Result<Vec<(Digest, BlobRecord)>, MetadataError>;
+
+    /// Finishes the removal of those of `digests` that are being removed: in one transaction
+    /// fenced by `lease`, held while `delete` deletes their bytes, so that no other holder of
+    /// the lease can finish them meanwhile and no upload can store them again before their
+    /// rows are gone. Returns the blobs it removed.
+    async fn finish_blob_removals(
+        &self,
+        lease: &Lease,
+        digests: &[Digest],
+        delete: &DeleteBytes<'_>,
+    ) -> Result<Vec<(Digest, BlobRecord)>, MetadataError>;
+
+    /// The tags of a repository, for retention.
+    async fn tag_infos(&self, repository: &RepoName) -> Result<Vec<TagInfo>, MetadataError>;
+
+    /// Removes the tag if it still points at `digest` and was not pushed since `pushed_at`,
+    /// fenced by `lease`; whether it did.
+    async fn remove_tag(&self, lease: &Lease, repository: &RepoName, tag: &TagInfo) -> Result<bool, MetadataError>;
+
+    /// The tags pointing at a manifest.
+    async fn tags_of(&self, repository: &RepoName, digest: &Digest) -> Result<Vec<Tag>, MetadataError>;
+
+    /// Records pulls (latest time per tag or digest), never moving a time backwards.
+    async fn record_pulls(&self, pulls: &[(RepoName, Reference, SystemTime)]) -> Result<(), MetadataError>;
+
+    /// Makes `quotas` (namespace, limit in bytes) the namespaces counted, recounting each from
+    /// scratch under its lock, and forgets the others.
+    async fn sync_quotas(&self, quotas: &[(String, u64)]) -> Result<(), MetadataError>;
+
+    /// The counted namespaces, as their counters say.
+    async fn usage(&self) -> Result<Vec<Usage>, MetadataError>;
+
+    /// A namespace's usage counted from scratch from the links (what the counter must equal).
+    async fn recount_usage(&self, namespace: &str) -> Result<u64, MetadataError>;
 
     /// The digests a manifest references: its config and layers, or the manifests an index
     /// lists (and its subject's, never).
@@ -221,8 +350,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Removes the blob's link to the repository; whether there was one.
     async fn unlink_blob(&self, repository: &RepoName, digest: &Digest) -> Result<bool, MetadataError>;
 
-    /// Stores a manifest and points `tags` at it, if everything it references is there.
-    async fn put_manifest(&self, manifest: &NewManifest, tags: &[Tag]) -> Result<PutManifest, MetadataError>;
+    /// Stores a manifest and points `tags` at it, if everything it references is there and
+    /// none of `tags` that is also in `fixed` points at another manifest already.
+    async fn put_manifest(
+        &self,
+        manifest: &NewManifest,
+        tags: &[Tag],
+        fixed: &[Tag],
+    ) -> Result<PutManifest, MetadataError>;
 
     async fn get_manifest(
         &self,
@@ -259,28 +394,47 @@ pub trait MetadataStore: Send + Sync + 'static {
 }
 
 /// The manifests of one repository that nothing keeps, in the order they may be removed (see
-/// [`MetadataStore::unkept_manifests`]). `manifests`: each digest, its subject, and whether
-/// it is kept in its own right (tagged, or stored since the cutoff); `lists`: each index and
-/// a manifest it lists.
-pub(crate) fn unkept(manifests: &[(Digest, Option<Digest>, bool)], lists: &[(Digest, Digest)]) -> Vec<Digest> {
+/// [`MetadataStore::unkept_manifests`]). `manifests`: each digest, its subject, whether it is
+/// tagged, and whether it is recent (stored since the cutoff); `lists`: each index and a
+/// manifest it lists; `released`: manifests kept neither by their tags nor for being recent,
+/// nor is anything they keep (what they list, their referrers) kept for being recent.
+pub(crate) fn unkept(
+    manifests: &[(Digest, Option<Digest>, bool, bool)],
+    lists: &[(Digest, Digest)],
+    released: &[Digest],
+) -> Vec<Digest> {
     use std::collections::{HashMap, HashSet};
     // What keeping a manifest keeps too: what it lists, and its referrers.
     let mut keeps: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
     for (index, listed) in lists {
         keeps.entry(index).or_default().push(listed);
     }
-    for (digest, subject, _) in manifests {
+    for (digest, subject, _, _) in manifests {
         if let Some(subject) = subject {
             keeps.entry(subject).or_default().push(digest);
         }
     }
-    let mut kept: HashSet<&Digest> = HashSet::new();
-    let mut pending: Vec<&Digest> = manifests.iter().filter(|m| m.2).map(|m| &m.0).collect();
-    while let Some(digest) = pending.pop() {
-        if kept.insert(digest) {
-            pending.extend(keeps.get(digest).into_iter().flatten().filter(|d| !kept.contains(*d)));
+    fn closure<'a>(keeps: &HashMap<&'a Digest, Vec<&'a Digest>>, roots: Vec<&'a Digest>) -> HashSet<&'a Digest> {
+        let mut seen: HashSet<&Digest> = HashSet::new();
+        let mut pending = roots;
+        while let Some(digest) = pending.pop() {
+            if seen.insert(digest) {
+                pending.extend(keeps.get(digest).into_iter().flatten().filter(|d| !seen.contains(*d)));
+            }
         }
+        seen
     }
+    // A released manifest is kept neither by its tags (retention removed them; one pushed
+    // since is found when its removal checks again) nor by its age, and what it keeps is not
+    // kept by its age either.
+    let direct: HashSet<&Digest> = released.iter().collect();
+    let released = closure(&keeps, released.iter().collect());
+    let roots = manifests
+        .iter()
+        .filter(|m| (m.2 && !direct.contains(&m.0)) || (m.3 && !released.contains(&m.0)))
+        .map(|m| &m.0)
+        .collect();
+    let kept = closure(&keeps, roots);
     // Removal order (Kahn's): an index before what it lists, so that a removal refused
     // because the index was tagged meanwhile leaves the index whole; a subject before its
     // referrers, which are only removed once their subject is gone.
@@ -333,12 +487,14 @@ mod tests {
             (d("recent"), None, true),
             (d("orphan signature"), Some(d("never pushed")), false),
         ];
+        let manifests: Vec<_> =
+            manifests.into_iter().map(|(d, s, kept)| (d.clone(), s, kept && d != self::d("recent"), kept)).collect();
         let lists = vec![
             (d("tagged index"), d("child of tagged")),
             (d("old index"), d("child of old")),
             (d("old index"), d("child of tagged")),
         ];
-        let order = unkept(&manifests, &lists);
+        let order = unkept(&manifests, &lists, &[]);
         let at = |seed: &str| order.iter().position(|x| *x == d(seed));
         for kept in ["tagged index", "child of tagged", "signature of child", "recent"] {
             assert_eq!(at(kept), None, "{kept} is kept");
@@ -347,5 +503,23 @@ mod tests {
         assert!(at("old index") < at("child of old"));
         assert!(at("old index") < at("signature of old"));
         assert!(at("orphan signature").is_some());
+
+        // Released, a recent manifest goes, and so do a recent index's children and
+        // signature; what a tagged index lists stays, whatever else released it.
+        let mut manifests = manifests;
+        manifests.push((d("recent index"), None, false, true));
+        manifests.push((d("child of recent"), None, false, true));
+        manifests.push((d("signature of recent"), Some(d("recent index")), false, true));
+        let mut lists = lists;
+        lists.push((d("recent index"), d("child of recent")));
+        lists.push((d("recent index"), d("child of tagged")));
+        let order = unkept(&manifests, &lists, &[d("recent"), d("recent index")]);
+        let at = |seed: &str| order.iter().position(|x| *x == d(seed));
+        for gone in ["recent", "recent index", "child of recent", "signature of recent"] {
+            assert!(at(gone).is_some(), "{gone} is released: {order:?}");
+        }
+        assert!(at("recent index") < at("child of recent"));
+        assert_eq!(at("child of tagged"), None);
+        assert_eq!(unkept(&manifests, &lists, &[]).len(), 4, "nothing released, the recent ones stay");
     }
 }

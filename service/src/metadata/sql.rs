@@ -10,8 +10,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Connection, Executor, Row, Transaction};
 
 use super::{
-    BlobHolders, BlobRecord, Collectable, MetadataError, MetadataStore, NewManifest, Page, PutManifest, Referrer,
-    StoredManifest,
+    BlobHolders, BlobRecord, Collectable, DeleteBytes, Lease, MetadataError, MetadataStore, NewManifest, Page,
+    PutManifest, QuotaExceeded, Referrer, StoredManifest, TagInfo, Usage,
 };
 use crate::oci::{Digest, Reference, RepoName, Tag};
 
@@ -182,7 +182,6 @@ macro_rules! blob_in_repository_sql {
 }
 
 const BLOB_ROW_SHARED: (&str, &str) = with_lock!(blob_row_sql!(), "FOR SHARE");
-const BLOB_ROW_EXCLUSIVE: (&str, &str) = with_lock!(blob_row_sql!(), "FOR UPDATE");
 // Only the blob's row is locked: the removal locks it first and then deletes the links, so
 // locking a link here as well could deadlock with it.
 const BLOB_IN_REPOSITORY_SHARED: (&str, &str) = with_lock!(blob_in_repository_sql!(), "FOR SHARE OF b");
@@ -351,7 +350,6 @@ async fn add_link(tx: &mut Transaction<'static, Any>, repository: i64, digest: &
 async fn link(
     tx: &mut Transaction<'static, Any>,
     lock_row: &'static str,
-    repository: i64,
     digest: &Digest,
     blob: &BlobRecord,
 ) -> Result<BlobRecord, MetadataError> {
@@ -367,12 +365,236 @@ async fn link(
     .map_err(db_error)?;
     // No row: the one the insert found was being removed, and is gone now; asked again, the
     // insert adds a new one.
-    let record = match blob_row(tx, lock_row, digest).await? {
-        None | Some((_, true)) => return Err(MetadataError::BlobBeingRemoved(digest.clone())),
-        Some((record, false)) => record,
+    match blob_row(tx, lock_row, digest).await? {
+        None | Some((_, true)) => Err(MetadataError::BlobBeingRemoved(digest.clone())),
+        Some((record, false)) => Ok(record),
+    }
+}
+
+/// The quota namespaces counted for a repository, locked (`FOR UPDATE` on PostgreSQL, in name
+/// order) until the transaction ends: every link and unlink under a namespace takes its row,
+/// so that its count stays exact. Each with its limit and usage.
+async fn namespaces_of(
+    tx: &mut Transaction<'static, Any>,
+    dialect: Dialect,
+    repository: &str,
+) -> Result<Vec<(String, u64, u64)>, MetadataError> {
+    const SQL: (&str, &str) = with_lock!(
+        "SELECT namespace, limit_bytes, bytes FROM namespace_usage \
+         WHERE namespace = $1 OR substr($1, 1, length(namespace) + 1) = namespace || '/' ORDER BY namespace",
+        "FOR UPDATE"
+    );
+    let sql = if dialect == Dialect::Postgres { SQL.1 } else { SQL.0 };
+    let rows = sqlx::query(sql).bind(repository).fetch_all(&mut **tx).await.map_err(db_error)?;
+    rows.iter().map(|r| Ok((column(r, 0)?, size_column(r, 1)?, size_column(r, 2)?))).collect()
+}
+
+/// Counts a link of `digest` in `repository` in the namespaces that count it, unless one of them
+/// would then exceed its limit: that one is returned, and nothing is written.
+async fn count_link(
+    tx: &mut Transaction<'static, Any>,
+    dialect: Dialect,
+    repository: &RepoName,
+    digest: &Digest,
+    size: u64,
+) -> Result<Result<(), QuotaExceeded>, MetadataError> {
+    let mut new = Vec::new();
+    for (namespace, limit, bytes) in namespaces_of(tx, dialect, repository.as_str()).await? {
+        let counted = sqlx::query("SELECT 1 FROM namespace_blobs WHERE namespace = $1 AND digest = $2")
+            .bind(&namespace)
+            .bind(digest.as_str())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        if counted.is_some() {
+            continue;
+        }
+        if bytes.saturating_add(size) > limit {
+            return Ok(Err(QuotaExceeded { namespace, usage: bytes, limit, size }));
+        }
+        new.push(namespace);
+    }
+    for namespace in new {
+        sqlx::query("INSERT INTO namespace_blobs (namespace, digest, size) VALUES ($1, $2, $3)")
+            .bind(&namespace)
+            .bind(digest.as_str())
+            .bind(size as i64)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query("UPDATE namespace_usage SET bytes = bytes + $2 WHERE namespace = $1")
+            .bind(&namespace)
+            .bind(size as i64)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(Ok(()))
+}
+
+/// After the links of `digests` were removed from `repository` (or from every repository, when
+/// `None`), stops counting them in the namespaces no other link under them keeps them in.
+async fn uncount_links(
+    tx: &mut Transaction<'static, Any>,
+    dialect: Dialect,
+    repository: Option<&RepoName>,
+    digests: &[&str],
+) -> Result<(), MetadataError> {
+    if digests.is_empty() {
+        return Ok(());
+    }
+    let namespaces: Vec<String> = match repository {
+        Some(repository) => {
+            namespaces_of(tx, dialect, repository.as_str()).await?.into_iter().map(|(n, _, _)| n).collect()
+        }
+        None => {
+            let sql = format!(
+                "SELECT DISTINCT namespace FROM namespace_blobs WHERE digest IN ({}) ORDER BY namespace",
+                placeholders(1, digests.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for d in digests {
+                query = query.bind(*d);
+            }
+            let rows = query.fetch_all(&mut **tx).await.map_err(db_error)?;
+            let names = rows.iter().map(|r| column::<String>(r, 0)).collect::<Result<Vec<_>, _>>()?;
+            if dialect == Dialect::Postgres {
+                for name in &names {
+                    sqlx::query("SELECT 1 FROM namespace_usage WHERE namespace = $1 FOR UPDATE")
+                        .bind(name)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db_error)?;
+                }
+            }
+            names
+        }
     };
-    add_link(tx, repository, digest).await?;
-    Ok(record)
+    for namespace in namespaces {
+        for digest in digests {
+            let still = sqlx::query(
+                "SELECT 1 FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+                 WHERE rb.digest = $2 AND (r.name = $1 OR substr(r.name, 1, length($1) + 1) = $1 || '/')",
+            )
+            .bind(&namespace)
+            .bind(*digest)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db_error)?;
+            if still.is_some() {
+                continue;
+            }
+            let row = sqlx::query("DELETE FROM namespace_blobs WHERE namespace = $1 AND digest = $2 RETURNING size")
+                .bind(&namespace)
+                .bind(*digest)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db_error)?;
+            if let Some(row) = row {
+                sqlx::query("UPDATE namespace_usage SET bytes = bytes - $2 WHERE namespace = $1")
+                    .bind(&namespace)
+                    .bind(size_column(&row, 0)? as i64)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `$first, $first+1, …`: `count` parameters for an `IN (…)` list.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Checks, in the transaction, that `lease` is still held, and extends it: on PostgreSQL the
+/// lease's row stays locked until the transaction ends, so that nobody takes the lease over
+/// while it commits.
+async fn fence(tx: &mut Transaction<'static, Any>, lease: &Lease) -> Result<(), MetadataError> {
+    let done = sqlx::query("UPDATE leases SET expires_at = $3 WHERE name = $1 AND token = $2 AND holder = $4")
+        .bind(&lease.name)
+        .bind(lease.token)
+        .bind(now_ms() + lease.ttl.as_millis() as i64)
+        .bind(&lease.holder)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    if done.rows_affected() == 0 {
+        return Err(MetadataError::Fenced(lease.name.clone()));
+    }
+    Ok(())
+}
+
+/// Begins the removal of those of `digests` that are still collectable (see
+/// [`MetadataStore::begin_blob_removal`]); the ones whose removal began, with their records.
+async fn mark_removals(
+    tx: &mut Transaction<'static, Any>,
+    dialect: Dialect,
+    digests: &[Digest],
+    cutoff: SystemTime,
+) -> Result<Vec<(Digest, BlobRecord)>, MetadataError> {
+    if digests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = placeholders(1, digests.len());
+    let lock = if dialect == Dialect::Postgres { " FOR UPDATE" } else { "" };
+    let sql =
+        format!("SELECT digest, size, location, deleting FROM blobs WHERE digest IN ({list}) ORDER BY digest{lock}");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+    for d in digests {
+        query = query.bind(d.as_str());
+    }
+    let rows = query.fetch_all(&mut **tx).await.map_err(db_error)?;
+    // Asked again under the row locks: whatever linked or referenced a blob since it was listed
+    // has committed by now, and shows.
+    let n = digests.len();
+    let sql = format!(
+        "SELECT b.digest FROM blobs b WHERE b.digest IN ({list}) AND b.deleting IS NULL AND (b.created_at >= ${c} \
+         OR EXISTS (SELECT 1 FROM manifest_references mr WHERE mr.target_digest = b.digest) \
+         OR EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest AND rb.created_at >= ${c}))",
+        c = n + 1
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+    for d in digests {
+        query = query.bind(d.as_str());
+    }
+    let used = query.bind(millis(cutoff)).fetch_all(&mut **tx).await.map_err(db_error)?;
+    let used: std::collections::HashSet<String> =
+        used.iter().map(|r| column::<String>(r, 0)).collect::<Result<_, _>>()?;
+    let mut removed = Vec::new();
+    let mut starting = Vec::new();
+    for row in &rows {
+        let digest: String = column(row, 0)?;
+        if used.contains(&digest) {
+            continue;
+        }
+        let deleting: Option<i64> = column(row, 3)?;
+        let record = BlobRecord { size: size_column(row, 1)?, location: column(row, 2)? };
+        if deleting.is_none() {
+            starting.push(digest.clone());
+        }
+        removed.push((digest_column(row, 0)?, record));
+    }
+    if !starting.is_empty() {
+        let list = placeholders(1, starting.len());
+        for sql in [
+            format!("DELETE FROM repository_blobs WHERE digest IN ({list})"),
+            format!("UPDATE blobs SET deleting = ${} WHERE digest IN ({list})", starting.len() + 1),
+        ] {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for d in &starting {
+                query = query.bind(d.as_str());
+            }
+            if sql.starts_with("UPDATE") {
+                query = query.bind(now_ms());
+            }
+            query.execute(&mut **tx).await.map_err(db_error)?;
+        }
+        let starting: Vec<&str> = starting.iter().map(String::as_str).collect();
+        uncount_links(tx, dialect, None, &starting).await?;
+    }
+    Ok(removed)
 }
 
 // Manifest lookups, with and without the payload: HEAD never loads the bytes.
@@ -405,8 +627,15 @@ impl MetadataStore for SqlMetadata {
         blob: &BlobRecord,
     ) -> Result<BlobRecord, MetadataError> {
         let mut tx = self.begin().await?;
+        let stored = link(&mut tx, self.locking(BLOB_ROW_SHARED), digest, blob).await?;
+        if let Err(refused) = count_link(&mut tx, self.dialect, repository, digest, stored.size).await? {
+            // The blob's record stays, linked nowhere: the collector removes its bytes once
+            // the grace time is over.
+            tx.commit().await.map_err(db_error)?;
+            return Err(MetadataError::QuotaExceeded(refused));
+        }
         let id = repository_id(&mut tx, repository).await?;
-        let stored = link(&mut tx, self.locking(BLOB_ROW_SHARED), id, digest, blob).await?;
+        add_link(&mut tx, id, digest).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(stored)
     }
@@ -424,6 +653,9 @@ impl MetadataStore for SqlMetadata {
             Some((record, false)) if record.size != size => return Ok(None),
             Some((record, false)) => record,
         };
+        if let Err(refused) = count_link(&mut tx, self.dialect, repository, digest, size).await? {
+            return Err(MetadataError::QuotaExceeded(refused));
+        }
         let id = repository_id(&mut tx, repository).await?;
         add_link(&mut tx, id, digest).await?;
         tx.commit().await.map_err(db_error)?;
@@ -459,40 +691,9 @@ impl MetadataStore for SqlMetadata {
         cutoff: SystemTime,
     ) -> Result<Option<BlobRecord>, MetadataError> {
         let mut tx = self.begin().await?;
-        let record = match blob_row(&mut tx, self.locking(BLOB_ROW_EXCLUSIVE), digest).await? {
-            None => return Ok(None),
-            Some((record, true)) => return Ok(Some(record)),
-            Some((record, false)) => record,
-        };
-        // Asked again under the row lock: whatever linked or referenced the blob since it was
-        // listed has committed by now, and shows.
-        let cutoff = millis(cutoff);
-        let still_used = sqlx::query(
-            "SELECT 1 FROM blobs b WHERE b.digest = $1 AND (b.created_at >= $2 \
-             OR EXISTS (SELECT 1 FROM manifest_references mr WHERE mr.target_digest = b.digest) \
-             OR EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest AND rb.created_at >= $2))",
-        )
-        .bind(digest.as_str())
-        .bind(cutoff)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        if still_used.is_some() {
-            return Ok(None);
-        }
-        sqlx::query("DELETE FROM repository_blobs WHERE digest = $1")
-            .bind(digest.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        sqlx::query("UPDATE blobs SET deleting = $2 WHERE digest = $1")
-            .bind(digest.as_str())
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        let removed = mark_removals(&mut tx, self.dialect, std::slice::from_ref(digest), cutoff).await?;
         tx.commit().await.map_err(db_error)?;
-        Ok(Some(record))
+        Ok(removed.into_iter().next().map(|(_, record)| record))
     }
 
     async fn finish_blob_removal(&self, digest: &Digest) -> Result<(), MetadataError> {
@@ -504,25 +705,30 @@ impl MetadataStore for SqlMetadata {
         Ok(())
     }
 
-    async fn unkept_manifests(&self, repository: &RepoName, cutoff: SystemTime) -> Result<Vec<Digest>, MetadataError> {
+    async fn unkept_manifests(
+        &self,
+        repository: &RepoName,
+        cutoff: Option<SystemTime>,
+        released: &[Digest],
+    ) -> Result<Vec<Digest>, MetadataError> {
         let Some(id) = existing_repository_id(&self.reads, repository).await? else { return Ok(Vec::new()) };
-        let cutoff = millis(cutoff);
         let rows = sqlx::query(
-            "SELECT m.digest, m.subject, CAST(CASE WHEN m.created_at >= $2 \
-                 OR EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = m.repository_id \
-                            AND t.manifest_digest = m.digest) THEN 1 ELSE 0 END AS BIGINT) \
-             FROM manifests m WHERE m.repository_id = $1",
+            "SELECT m.digest, m.subject, CAST(CASE WHEN EXISTS (SELECT 1 FROM tags t \
+                 WHERE t.repository_id = m.repository_id AND t.manifest_digest = m.digest) THEN 1 ELSE 0 END AS BIGINT), \
+             m.created_at FROM manifests m WHERE m.repository_id = $1",
         )
         .bind(id)
-        .bind(cutoff)
         .fetch_all(&self.reads)
         .await
         .map_err(db_error)?;
+        let cutoff = cutoff.map(millis);
         let mut manifests = Vec::with_capacity(rows.len());
         for row in &rows {
             let subject: Option<String> = column(row, 1)?;
-            let rooted: i64 = column(row, 2)?;
-            manifests.push((digest_column(row, 0)?, subject.and_then(|s| s.parse().ok()), rooted == 1));
+            let tagged: i64 = column(row, 2)?;
+            let created_at: i64 = column(row, 3)?;
+            let recent = cutoff.is_none_or(|c| created_at >= c);
+            manifests.push((digest_column(row, 0)?, subject.and_then(|s| s.parse().ok()), tagged == 1, recent));
         }
         let rows = sqlx::query(
             "SELECT manifest_digest, target_digest FROM manifest_references \
@@ -534,16 +740,18 @@ impl MetadataStore for SqlMetadata {
         .map_err(db_error)?;
         let lists =
             rows.iter().map(|r| Ok((digest_column(r, 0)?, digest_column(r, 1)?))).collect::<Result<Vec<_>, _>>()?;
-        Ok(super::unkept(&manifests, &lists))
+        Ok(super::unkept(&manifests, &lists, released))
     }
 
     async fn remove_unkept_manifest(
         &self,
+        lease: &Lease,
         repository: &RepoName,
         digest: &Digest,
         cutoff: SystemTime,
     ) -> Result<bool, MetadataError> {
         let mut tx = self.begin().await?;
+        fence(&mut tx, lease).await?;
         let Some(id) = existing_repository_id(&mut *tx, repository).await? else { return Ok(false) };
         let row = sqlx::query(self.locking(MANIFEST_CREATED_EXCLUSIVE))
             .bind(id)
@@ -668,6 +876,9 @@ impl MetadataStore for SqlMetadata {
             .map_err(db_error)?;
         let Some(row) = row else { return Ok(None) };
         let blob = blob_columns(&row)?;
+        if let Err(refused) = count_link(&mut tx, self.dialect, to, digest, blob.size).await? {
+            return Err(MetadataError::QuotaExceeded(refused));
+        }
         let id = repository_id(&mut tx, to).await?;
         add_link(&mut tx, id, digest).await?;
         tx.commit().await.map_err(db_error)?;
@@ -675,19 +886,26 @@ impl MetadataStore for SqlMetadata {
     }
 
     async fn unlink_blob(&self, repository: &RepoName, digest: &Digest) -> Result<bool, MetadataError> {
+        let mut tx = self.begin().await?;
+        // The blob's row first, as every transaction that links or removes it takes it.
+        blob_row(&mut tx, self.locking(BLOB_ROW_SHARED), digest).await?;
         let done = sqlx::query(
             "DELETE FROM repository_blobs WHERE digest = $2 \
              AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
         )
         .bind(repository.as_str())
         .bind(digest.as_str())
-        .execute(&self.writes)
+        .execute(&mut *tx)
         .await
         .map_err(db_error)?;
+        if done.rows_affected() > 0 {
+            uncount_links(&mut tx, self.dialect, Some(repository), &[digest.as_str()]).await?;
+        }
+        tx.commit().await.map_err(db_error)?;
         Ok(done.rows_affected() > 0)
     }
 
-    async fn put_manifest(&self, m: &NewManifest, tags: &[Tag]) -> Result<PutManifest, MetadataError> {
+    async fn put_manifest(&self, m: &NewManifest, tags: &[Tag], fixed: &[Tag]) -> Result<PutManifest, MetadataError> {
         let mut tx = self.begin().await?;
         let id = repository_id(&mut tx, &m.repository).await?;
         let (mut missing, mut wrong_size) = (Vec::new(), Vec::new());
@@ -741,6 +959,31 @@ impl MetadataStore for SqlMetadata {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+        }
+        for tag in tags.iter().filter(|t| fixed.contains(t)) {
+            // A fixed tag is only ever created: the insert waits for a concurrent push of the
+            // same tag to commit, and then finds it there.
+            sqlx::query(
+                "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repository_id, name) DO NOTHING",
+            )
+            .bind(id)
+            .bind(tag.as_str())
+            .bind(m.digest.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            let row = sqlx::query("SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2")
+                .bind(id)
+                .bind(tag.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            let current = digest_column(&row, 0)?;
+            if current != m.digest {
+                return Ok(PutManifest::TagFixed(tag.clone(), current));
+            }
         }
         for tag in tags {
             sqlx::query(
@@ -858,6 +1101,297 @@ impl MetadataStore for SqlMetadata {
                 })
             })
             .collect()
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        due: bool,
+    ) -> Result<Option<Lease>, MetadataError> {
+        let mut tx = self.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            // A holder's transaction keeps the row locked while it commits (see `fence`): wait
+            // for it a little, not for as long as it takes.
+            sqlx::query("SET LOCAL lock_timeout = '2s'").execute(&mut *tx).await.map_err(db_error)?;
+        }
+        sqlx::query(
+            "INSERT INTO leases (name, holder, token, expires_at, next_run_at) VALUES ($1, '', 0, 0, 0) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let now = now_ms();
+        let taken = sqlx::query(
+            "UPDATE leases SET holder = $2, token = token + 1, expires_at = $3 \
+             WHERE name = $1 AND expires_at < $4 AND ($5 = 0 OR next_run_at <= $4)",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now + ttl.as_millis() as i64)
+        .bind(now)
+        .bind(i64::from(due))
+        .execute(&mut *tx)
+        .await;
+        let taken = match taken {
+            Ok(done) => done.rows_affected() > 0,
+            // lock_not_available: the holder is committing; it still holds the lease.
+            Err(sqlx::Error::Database(ref d)) if d.code().is_some_and(|c| c == "55P03") => false,
+            Err(e) => return Err(db_error(e)),
+        };
+        if !taken {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT token FROM leases WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let token: i64 = column(&row, 0)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Some(Lease { name: name.to_owned(), holder: holder.to_owned(), token, ttl }))
+    }
+
+    async fn renew_lease(&self, lease: &Lease) -> Result<(), MetadataError> {
+        let mut tx = self.begin().await?;
+        fence(&mut tx, lease).await?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn release_lease(&self, lease: &Lease, next_run: Option<SystemTime>) -> Result<(), MetadataError> {
+        sqlx::query(
+            "UPDATE leases SET expires_at = 0, next_run_at = COALESCE($4, next_run_at) \
+             WHERE name = $1 AND token = $2 AND holder = $3",
+        )
+        .bind(&lease.name)
+        .bind(lease.token)
+        .bind(&lease.holder)
+        .bind(next_run.map(millis))
+        .execute(&self.writes)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn begin_blob_removals(
+        &self,
+        lease: &Lease,
+        digests: &[Digest],
+        cutoff: SystemTime,
+    ) -> Result<Vec<(Digest, BlobRecord)>, MetadataError> {
+        let mut tx = self.begin().await?;
+        fence(&mut tx, lease).await?;
+        let removed = mark_removals(&mut tx, self.dialect, digests, cutoff).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(removed)
+    }
+
+    async fn finish_blob_removals(
+        &self,
+        lease: &Lease,
+        digests: &[Digest],
+        delete: &DeleteBytes<'_>,
+    ) -> Result<Vec<(Digest, BlobRecord)>, MetadataError> {
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin().await?;
+        fence(&mut tx, lease).await?;
+        let list = placeholders(1, digests.len());
+        let lock = if self.dialect == Dialect::Postgres { " FOR UPDATE" } else { "" };
+        let sql = format!(
+            "SELECT digest, size, location FROM blobs WHERE digest IN ({list}) AND deleting IS NOT NULL \
+             ORDER BY digest{lock}"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for d in digests {
+            query = query.bind(d.as_str());
+        }
+        let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+        let records = rows
+            .iter()
+            .map(|r| Ok((digest_column(r, 0)?, BlobRecord { size: size_column(r, 1)?, location: column(r, 2)? })))
+            .collect::<Result<Vec<_>, MetadataError>>()?;
+        if records.is_empty() {
+            return Ok(records);
+        }
+        delete(records.clone()).await.map_err(MetadataError::Other)?;
+        let list = placeholders(1, records.len());
+        let sql = format!("DELETE FROM blobs WHERE digest IN ({list}) AND deleting IS NOT NULL");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for (d, _) in &records {
+            query = query.bind(d.as_str());
+        }
+        query.execute(&mut *tx).await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(records)
+    }
+
+    async fn tag_infos(&self, repository: &RepoName) -> Result<Vec<TagInfo>, MetadataError> {
+        let Some(id) = existing_repository_id(&self.reads, repository).await? else { return Ok(Vec::new()) };
+        let rows = sqlx::query(
+            "SELECT t.name, t.manifest_digest, t.updated_at, t.pulled_at, m.pulled_at FROM tags t \
+             JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest \
+             WHERE t.repository_id = $1 ORDER BY t.name",
+        )
+        .bind(id)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|r| {
+                let (tag, manifest): (Option<i64>, Option<i64>) = (column(r, 3)?, column(r, 4)?);
+                Ok(TagInfo {
+                    name: column(r, 0)?,
+                    digest: digest_column(r, 1)?,
+                    pushed_at: column(r, 2)?,
+                    pulled_at: tag.max(manifest),
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_tag(&self, lease: &Lease, repository: &RepoName, tag: &TagInfo) -> Result<bool, MetadataError> {
+        let mut tx = self.begin().await?;
+        fence(&mut tx, lease).await?;
+        let done = sqlx::query(
+            "DELETE FROM tags WHERE name = $2 AND manifest_digest = $3 AND updated_at = $4 \
+             AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+        )
+        .bind(repository.as_str())
+        .bind(&tag.name)
+        .bind(tag.digest.as_str())
+        .bind(tag.pushed_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn tags_of(&self, repository: &RepoName, digest: &Digest) -> Result<Vec<Tag>, MetadataError> {
+        let rows = sqlx::query(
+            "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id \
+             WHERE r.name = $1 AND t.manifest_digest = $2 ORDER BY t.name",
+        )
+        .bind(repository.as_str())
+        .bind(digest.as_str())
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|r| {
+                let name: String = column(r, 0)?;
+                name.parse().map_err(|e| MetadataError::Other(format!("stored tag {name:?}: {e}")))
+            })
+            .collect()
+    }
+
+    async fn record_pulls(&self, pulls: &[(RepoName, Reference, SystemTime)]) -> Result<(), MetadataError> {
+        for batch in pulls.chunks(200) {
+            let mut tx = self.begin().await?;
+            for (repository, reference, at) in batch {
+                let (sql, key) = match reference {
+                    Reference::Tag(tag) => (
+                        "UPDATE tags SET pulled_at = $3 WHERE name = $2 \
+                         AND repository_id = (SELECT id FROM repositories WHERE name = $1) \
+                         AND (pulled_at IS NULL OR pulled_at < $3)",
+                        tag.as_str(),
+                    ),
+                    Reference::Digest(digest) => (
+                        "UPDATE manifests SET pulled_at = $3 WHERE digest = $2 \
+                         AND repository_id = (SELECT id FROM repositories WHERE name = $1) \
+                         AND (pulled_at IS NULL OR pulled_at < $3)",
+                        digest.as_str(),
+                    ),
+                };
+                sqlx::query(sql)
+                    .bind(repository.as_str())
+                    .bind(key)
+                    .bind(millis(*at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            }
+            tx.commit().await.map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    async fn sync_quotas(&self, quotas: &[(String, u64)]) -> Result<(), MetadataError> {
+        for (namespace, limit) in quotas {
+            let mut tx = self.begin().await?;
+            sqlx::query(
+                "INSERT INTO namespace_usage (namespace, limit_bytes, bytes) VALUES ($1, $2, 0) \
+                 ON CONFLICT (namespace) DO UPDATE SET limit_bytes = excluded.limit_bytes",
+            )
+            .bind(namespace)
+            .bind(*limit as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            if self.dialect == Dialect::Postgres {
+                sqlx::query("SELECT 1 FROM namespace_usage WHERE namespace = $1 FOR UPDATE")
+                    .bind(namespace)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            }
+            for sql in [
+                "DELETE FROM namespace_blobs WHERE namespace = $1",
+                "INSERT INTO namespace_blobs (namespace, digest, size) \
+                 SELECT $1, b.digest, b.size FROM blobs b WHERE b.digest IN (SELECT rb.digest FROM repository_blobs rb \
+                     JOIN repositories r ON r.id = rb.repository_id \
+                     WHERE r.name = $1 OR substr(r.name, 1, length($1) + 1) = $1 || '/')",
+                "UPDATE namespace_usage SET bytes = (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) \
+                     FROM namespace_blobs WHERE namespace = $1) WHERE namespace = $1",
+            ] {
+                sqlx::query(sql).bind(namespace).execute(&mut *tx).await.map_err(db_error)?;
+            }
+            tx.commit().await.map_err(db_error)?;
+        }
+        let rows =
+            sqlx::query("SELECT namespace FROM namespace_usage").fetch_all(&self.reads).await.map_err(db_error)?;
+        for row in &rows {
+            let namespace: String = column(row, 0)?;
+            if !quotas.iter().any(|(n, _)| *n == namespace) {
+                let mut tx = self.begin().await?;
+                for sql in [
+                    "DELETE FROM namespace_blobs WHERE namespace = $1",
+                    "DELETE FROM namespace_usage WHERE namespace = $1",
+                ] {
+                    sqlx::query(sql).bind(&namespace).execute(&mut *tx).await.map_err(db_error)?;
+                }
+                tx.commit().await.map_err(db_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn usage(&self) -> Result<Vec<Usage>, MetadataError> {
+        let rows = sqlx::query("SELECT namespace, bytes, limit_bytes FROM namespace_usage ORDER BY namespace")
+            .fetch_all(&self.reads)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|r| Ok(Usage { namespace: column(r, 0)?, bytes: size_column(r, 1)?, limit: size_column(r, 2)? }))
+            .collect()
+    }
+
+    async fn recount_usage(&self, namespace: &str) -> Result<u64, MetadataError> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b WHERE b.digest IN \
+             (SELECT rb.digest FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+              WHERE r.name = $1 OR substr(r.name, 1, length($1) + 1) = $1 || '/')",
+        )
+        .bind(namespace)
+        .fetch_one(&self.reads)
+        .await
+        .map_err(db_error)?;
+        size_column(&row, 0)
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {

@@ -119,7 +119,7 @@ impl fmt::Display for Tag {
 }
 
 /// The `<tag-or-digest>` of a manifest URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Reference {
     Tag(Tag),
     Digest(Digest),

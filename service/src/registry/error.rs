@@ -44,6 +44,13 @@ pub enum Error {
     TooManyTags { limit: usize },
     #[error("deletes are disabled on this registry")]
     DeleteDisabled,
+    /// A lifecycle rule (an immutable tag, a quota) refuses the request; the message says
+    /// which and why.
+    #[error("{0}")]
+    Denied(String),
+    /// The collector's lease was taken over: the run stops, having changed nothing more.
+    #[error("the collector's lease was taken over")]
+    LeaseLost,
     /// A backend cannot be reached; the client may retry. The detail is for the log: clients
     /// are told which part of the registry is down, never its address or its error.
     #[error("the registry's {component} is unavailable: {detail}")]
@@ -103,6 +110,8 @@ impl From<MetadataError> for Error {
                 Error::TryAgain(format!("blob {d} is being garbage-collected; try again shortly"))
             }
             MetadataError::Full(m) => Error::StorageFull(m),
+            MetadataError::QuotaExceeded(q) => Error::Denied(q.to_string()),
+            MetadataError::Fenced(_) => Error::LeaseLost,
             MetadataError::Other(m) => Error::Internal(m),
         }
     }

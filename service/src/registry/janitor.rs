@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::lifecycle::{Report, RunOptions, holder_id};
 use super::{Error, Registry};
 use crate::oci::{Digest, RepoName};
 
@@ -59,19 +60,29 @@ impl Registry {
     /// returns how many it removed (or would remove, on a dry run). Their blobs are left to
     /// [`Registry::collect_blobs`].
     pub async fn collect_manifests(&self, grace: Duration, dry_run: bool) -> Result<u64, Error> {
-        Ok(self.unkept_manifests(grace, dry_run).await?.len() as u64)
+        if dry_run {
+            return Ok(self.unkept_manifests(grace).await?.len() as u64);
+        }
+        let options = RunOptions { grace, untagged: Some(grace), retention: false, blobs: false, batch: 500 };
+        Ok(self.collect_under_lease(&options).await?.manifests)
     }
 
     /// A whole collection, as `berth gc` runs it: with `untagged`, the manifests no tag keeps,
-    /// then the blobs nothing references. A dry run removes nothing and reports what the real
-    /// run would: the blobs unreferenced now, and those that only the manifests it would remove
-    /// reference.
+    /// then the blobs nothing references; with `retention`, the retention rules first. A dry
+    /// run removes nothing and reports what the real run would: the blobs unreferenced now, and
+    /// those that only the manifests it would remove reference.
     pub async fn collect(&self, grace: Duration, untagged: bool, dry_run: bool) -> Result<Collected, Error> {
-        let removed = if untagged { self.unkept_manifests(grace, dry_run).await? } else { Vec::new() };
+        if !dry_run {
+            let options =
+                RunOptions { grace, untagged: untagged.then_some(grace), retention: false, blobs: true, batch: 500 };
+            let report = self.collect_under_lease(&options).await?;
+            return Ok(Collected { manifests: report.manifests, blobs: report.blobs, bytes: report.bytes });
+        }
+        let removed = if untagged { self.unkept_manifests(grace).await? } else { Vec::new() };
         let mut counted = std::collections::BTreeSet::new();
-        let mut collected = self.blobs_collected(grace, dry_run, &mut counted).await?;
+        let mut collected = self.blobs_collected(grace, &mut counted).await?;
         collected.manifests = removed.len() as u64;
-        if dry_run && !removed.is_empty() {
+        if !removed.is_empty() {
             let cutoff = ago(grace);
             let going: std::collections::HashSet<(String, Digest)> =
                 removed.iter().map(|(r, d)| (r.to_string(), d.clone())).collect();
@@ -93,8 +104,22 @@ impl Registry {
         Ok(collected)
     }
 
-    /// The manifests [`Registry::collect_manifests`] removes (or would).
-    async fn unkept_manifests(&self, grace: Duration, dry_run: bool) -> Result<Vec<(RepoName, Digest)>, Error> {
+    /// One run under the collector's lease, taken for it (and refused while a replica's
+    /// collector holds it).
+    pub async fn collect_under_lease(&self, options: &RunOptions) -> Result<Report, Error> {
+        let holder = holder_id("gc");
+        let Some(lease) = self.take_lease(&holder, false).await? else {
+            return Err(Error::TryAgain(
+                "a collection is running on a replica (it holds the gc lease); try again when it ends".into(),
+            ));
+        };
+        let report = self.run_collection(&lease, options).await;
+        self.release_lease(&lease, None).await?;
+        report
+    }
+
+    /// The manifests [`Registry::collect_manifests`] would remove.
+    async fn unkept_manifests(&self, grace: Duration) -> Result<Vec<(RepoName, Digest)>, Error> {
         let cutoff = ago(grace);
         let mut removed = Vec::new();
         let mut last: Option<String> = None;
@@ -102,14 +127,9 @@ impl Registry {
             let page = self.metadata.list_repositories(last.as_deref(), 500).await?;
             for name in &page.items {
                 let Ok(repository) = name.parse::<RepoName>() else { continue };
-                for digest in self.metadata.unkept_manifests(&repository, cutoff).await? {
-                    if dry_run {
-                        tracing::info!(repository = %repository, digest = %digest, "would remove manifest");
-                        removed.push((repository.clone(), digest));
-                    } else if self.metadata.remove_unkept_manifest(&repository, &digest, cutoff).await? {
-                        tracing::info!(repository = %repository, digest = %digest, "removed manifest");
-                        removed.push((repository.clone(), digest));
-                    }
+                for digest in self.metadata.unkept_manifests(&repository, Some(cutoff), &[]).await? {
+                    tracing::info!(repository = %repository, digest = %digest, "would remove manifest");
+                    removed.push((repository.clone(), digest));
                 }
             }
             if !page.more {
@@ -123,16 +143,20 @@ impl Registry {
     /// Removes the blobs that no manifest in any repository references and that no repository
     /// linked within `grace` (a push uploads its layers before the manifest that names them:
     /// `grace` must be longer than any push takes). Safe while the registry serves: see
-    /// `MetadataStore::begin_blob_removal`. A collection cut short is finished by the next.
+    /// `MetadataStore::begin_blob_removals`. A collection cut short is finished by the next.
     pub async fn collect_blobs(&self, grace: Duration, dry_run: bool) -> Result<Collected, Error> {
-        self.blobs_collected(grace, dry_run, &mut std::collections::BTreeSet::new()).await
+        if dry_run {
+            return self.blobs_collected(grace, &mut std::collections::BTreeSet::new()).await;
+        }
+        let options = RunOptions { grace, untagged: None, retention: false, blobs: true, batch: 500 };
+        let report = self.collect_under_lease(&options).await?;
+        Ok(Collected { manifests: 0, blobs: report.blobs, bytes: report.bytes })
     }
 
-    /// [`Registry::collect_blobs`], noting the digests of a dry run in `counted`.
+    /// What [`Registry::collect_blobs`] would remove, noting the digests in `counted`.
     async fn blobs_collected(
         &self,
         grace: Duration,
-        dry_run: bool,
         counted: &mut std::collections::BTreeSet<Digest>,
     ) -> Result<Collected, Error> {
         let cutoff = ago(grace);
@@ -143,19 +167,8 @@ impl Registry {
             let Some(last) = page.last() else { break };
             after = Some(last.digest.clone());
             for blob in page {
-                if dry_run {
-                    tracing::info!(digest = %blob.digest, size = blob.size, "would remove blob");
-                    counted.insert(blob.digest.clone());
-                } else {
-                    let Some(record) = self.metadata.begin_blob_removal(&blob.digest, cutoff).await? else {
-                        continue;
-                    };
-                    // Until `finish_blob_removal`, the mark keeps uploads of this digest waiting,
-                    // so that none commits bytes where these are being deleted.
-                    self.blobs.delete(&blob.digest, record.location.as_deref()).await?;
-                    self.metadata.finish_blob_removal(&blob.digest).await?;
-                    tracing::info!(digest = %blob.digest, size = blob.size, "removed blob");
-                }
+                tracing::info!(digest = %blob.digest, size = blob.size, "would remove blob");
+                counted.insert(blob.digest.clone());
                 collected.blobs += 1;
                 collected.bytes += blob.size;
             }

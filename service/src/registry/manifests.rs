@@ -76,8 +76,19 @@ impl Registry {
             manifests: parsed.manifests.iter().map(|d| (d.digest.clone(), d.size)).collect(),
             payload: body.to_vec(),
         };
-        match self.metadata.put_manifest(&record, &tags).await? {
+        let rules = self.lifecycle();
+        let fixed: Vec<Tag> =
+            tags.iter().filter(|t| rules.fixing(repository.as_str(), t.as_str()).next().is_some()).cloned().collect();
+        match self.metadata.put_manifest(&record, &tags, &fixed).await? {
             PutManifest::Stored => Ok(PushedManifest { digest, subject, tags }),
+            PutManifest::TagFixed(tag, current) => {
+                crate::metrics::Metrics::get().refusals.with_label_values(&["immutable"]).inc();
+                let rule = rules.fixing(repository.as_str(), tag.as_str()).next().map(|r| r.describe());
+                Err(Error::Denied(format!(
+                    "tag {tag} is immutable ({}): it already points at {current}; push under a new tag",
+                    rule.unwrap_or_else(|| "an immutable rule".into())
+                )))
+            }
             PutManifest::Missing(missing) => Err(Error::ManifestBlobUnknown(missing)),
             PutManifest::WrongSize(digests) => Err(Error::ManifestInvalid(format!(
                 "descriptor size does not match the stored content for {}",
@@ -93,13 +104,32 @@ impl Registry {
         reference: &Reference,
         with_payload: bool,
     ) -> Result<StoredManifest, Error> {
-        self.metadata.get_manifest(repository, reference, with_payload).await?.ok_or(Error::ManifestUnknown)
+        let manifest =
+            self.metadata.get_manifest(repository, reference, with_payload).await?.ok_or(Error::ManifestUnknown)?;
+        self.pulls.record(repository, reference);
+        Ok(manifest)
     }
 
     /// Deletes a manifest and its tags (by digest) or a single tag (by tag).
     #[instrument(skip(self), fields(repository = %repository, reference = %reference))]
     pub async fn delete_manifest(&self, repository: &RepoName, reference: &Reference) -> Result<(), Error> {
         self.check_delete_enabled()?;
+        let rules = self.lifecycle();
+        if !rules.immutable.is_empty() {
+            let tags = match reference {
+                Reference::Digest(digest) => self.metadata.tags_of(repository, digest).await?,
+                Reference::Tag(tag) => vec![tag.clone()],
+            };
+            for tag in tags {
+                if let Some(rule) = rules.forbids_delete(repository.as_str(), tag.as_str()) {
+                    crate::metrics::Metrics::get().refusals.with_label_values(&["immutable"]).inc();
+                    return Err(Error::Denied(format!(
+                        "tag {tag} is immutable and may not be deleted ({}, allow_delete = false)",
+                        rule.describe()
+                    )));
+                }
+            }
+        }
         let deleted = match reference {
             Reference::Digest(digest) => self.metadata.delete_manifest(repository, digest).await?,
             Reference::Tag(tag) => self.metadata.delete_tag(repository, tag).await?,

@@ -8,6 +8,7 @@ mod blobs;
 mod error;
 mod health;
 pub mod janitor;
+pub mod lifecycle;
 mod listing;
 mod manifests;
 mod uploads;
@@ -51,6 +52,10 @@ pub struct Policy {
     pub body_idle_timeout: Duration,
     /// How long an upload may see no chunk before it is dropped.
     pub upload_idle_timeout: Duration,
+    /// Retention, immutable tags and quotas.
+    pub lifecycle: lifecycle::Lifecycle,
+    /// The collector in `serve`.
+    pub collector: lifecycle::Collector,
 }
 
 impl Default for Policy {
@@ -61,6 +66,8 @@ impl Default for Policy {
             lock_ttl: Duration::from_secs(60),
             body_idle_timeout: Duration::from_secs(30),
             upload_idle_timeout: Duration::from_secs(3600),
+            lifecycle: lifecycle::Lifecycle::default(),
+            collector: lifecycle::Collector::default(),
         }
     }
 }
@@ -72,6 +79,8 @@ pub struct Registry {
     pub(crate) metadata: Arc<dyn MetadataStore>,
     pub(crate) sessions: Arc<dyn SessionStore>,
     pub(crate) policy: Arc<Policy>,
+    /// Pull times not yet written.
+    pub(crate) pulls: Arc<lifecycle::pulls::Pulls>,
     /// The components the last readiness check found down, to log only the changes.
     down: Arc<std::sync::Mutex<std::collections::BTreeSet<&'static str>>>,
 }
@@ -83,7 +92,7 @@ impl Registry {
         sessions: Arc<dyn SessionStore>,
         policy: Policy,
     ) -> Registry {
-        Registry { blobs, metadata, sessions, policy: Arc::new(policy), down: Arc::default() }
+        Registry { blobs, metadata, sessions, policy: Arc::new(policy), pulls: Arc::default(), down: Arc::default() }
     }
 
     pub fn policy(&self) -> &Policy {

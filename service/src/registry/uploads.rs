@@ -81,6 +81,9 @@ impl Registry {
     /// Opens an upload session in `repository` (`POST /v2/<name>/blobs/uploads/`).
     #[instrument(skip(self), fields(repository = %repository))]
     pub async fn start_upload(&self, repository: &RepoName, algorithm: Algorithm) -> Result<UploadState, Error> {
+        // A namespace at its quota already takes no more bytes; one with room left is checked
+        // exactly when the blob is linked, its size known.
+        self.check_quota_room(repository).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let handle = self.blobs.start_upload(&id).await?;
         let session = UploadSession {
@@ -198,9 +201,13 @@ impl Registry {
         // this very upload on an attempt whose response was lost): keep the one copy. The
         // upload's own bytes go only once the stored blob is linked, so that a garbage
         // collection racing this commit cannot leave the repository with neither.
-        if let Some(stored) =
-            patiently(digest, async || self.metadata.link_stored_blob(repository, digest, size).await).await?
-        {
+        let linked = patiently(digest, async || self.metadata.link_stored_blob(repository, digest, size).await).await;
+        if let Err(Error::Denied(_)) = &linked {
+            writer.take();
+            self.discard(&session).await;
+            Metrics::get().refusals.with_label_values(&["quota"]).inc();
+        }
+        if let Some(stored) = linked? {
             if self.bytes_present(digest, &stored).await? {
                 drop(writer);
                 self.blobs.abort_upload(&session.id, Some(&session.handle)).await?;
@@ -215,7 +222,15 @@ impl Registry {
         }
         let location = self.blobs.commit_upload(&session.id, &session.handle, size, digest).await?;
         let ours = BlobRecord { size, location };
-        let stored = patiently(digest, async || self.metadata.link_blob(repository, digest, &ours).await).await?;
+        let stored = match patiently(digest, async || self.metadata.link_blob(repository, digest, &ours).await).await {
+            Err(Error::Denied(message)) => {
+                Metrics::get().refusals.with_label_values(&["quota"]).inc();
+                self.refused_commit(digest, &ours).await;
+                self.sessions.delete(&session.id).await?;
+                return Err(Error::Denied(message));
+            }
+            linked => linked?,
+        };
         if stored.location != ours.location
             && let Some(location) = &ours.location
         {
@@ -237,6 +252,22 @@ impl Registry {
             )));
         }
         Ok(size)
+    }
+
+    /// After a quota refused to link a committed blob: its record stays, linked nowhere, for
+    /// the collector to remove after the grace time; a copy of ours at a place of its own that
+    /// the record does not name would be left to nobody, and goes now.
+    async fn refused_commit(&self, digest: &Digest, ours: &BlobRecord) {
+        let Some(location) = &ours.location else { return };
+        match self.metadata.blob(digest).await {
+            Ok(Some(kept)) if kept.location == ours.location => {}
+            Ok(_) => {
+                if let Err(e) = self.blobs.delete(digest, Some(location)).await {
+                    tracing::warn!(%digest, location, error = %e, "could not delete the copy of a refused blob");
+                }
+            }
+            Err(e) => tracing::warn!(%digest, error = %e, "could not look up a refused blob; its copy stays"),
+        }
     }
 
     /// Hashes the bytes of an upload whose chunks are all in with `digest`'s algorithm, read
@@ -408,7 +439,7 @@ async fn patiently<T>(digest: &Digest, attempt: impl AsyncFn() -> Result<T, Meta
     }
     Err(Error::TryAgain(format!(
         "blob {digest} is being garbage-collected and its removal has not finished; \
-         if `berth gc` was interrupted, run it again"
+         the collector's next run finishes it (or run `berth gc`)"
     )))
 }
 

@@ -117,7 +117,7 @@ async fn metadata(settings: &Settings) -> anyhow::Result<(Arc<SqlMetadata>, Back
 
 /// The session store, and whether it answered.
 async fn sessions(settings: &Settings) -> anyhow::Result<(Arc<dyn SessionStore>, Backend)> {
-    let idle = settings.policy().upload_idle_timeout;
+    let idle = settings.policy()?.upload_idle_timeout;
     let Some(url) = &settings.redis_url else {
         return Ok((
             Arc::new(MemorySessions::new(idle)),
@@ -180,7 +180,7 @@ pub async fn build_registry(settings: &Settings, rule: Unreachable) -> anyhow::R
     let blobs: Arc<dyn BlobStore> = Arc::new(crate::storage::instrumented::Instrumented(blobs));
     let metadata: Arc<dyn MetadataStore> = Arc::new(crate::metadata::instrumented::Instrumented(metadata));
     let sessions: Arc<dyn SessionStore> = Arc::new(crate::sessions::instrumented::Instrumented(sessions));
-    Ok(Registry::new(blobs, metadata, sessions, settings.policy()))
+    Ok(Registry::new(blobs, metadata, sessions, settings.policy()?))
 }
 
 /// Opens each backend and asks it once, changing nothing (no migration): what

@@ -178,6 +178,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (running, server) = start(&settings).await?;
     tracing::info!(addr = %running.addr, storage = ?settings.storage, "berth is serving");
     let janitor = running.registry.spawn_janitor();
+    let lifecycle = running.registry.spawn_lifecycle();
     let server = tokio::spawn(server);
     shutdown_signal().await;
     tracing::info!(grace_seconds = settings.shutdown_timeout, "shutting down: finishing requests in flight");
@@ -186,6 +187,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         metrics.stop(true).await;
     }
     janitor.abort();
+    for task in lifecycle {
+        task.abort();
+    }
+    // What was pulled since the last flush is kept for retention's `keep_pulled_within`.
+    running.registry.flush_pulls().await;
     server.await.context("server task failed")?.context("server failed")?;
     Ok(())
 }

@@ -50,6 +50,10 @@ impl BlobStore for Instrumented {
         timed(self.kind(), "delete", self.0.delete(digest, location)).await
     }
 
+    async fn delete_many(&self, blobs: &[(Digest, Option<String>)]) -> Result<(), StorageError> {
+        timed(self.kind(), "delete_many", self.0.delete_many(blobs)).await
+    }
+
     async fn start_upload(&self, id: &str) -> Result<UploadHandle, StorageError> {
         timed(self.kind(), "start_upload", self.0.start_upload(id)).await
     }

@@ -115,6 +115,21 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes a blob. Only the garbage collector calls this.
     async fn delete(&self, digest: &Digest, location: Option<&str>) -> Result<(), StorageError>;
 
+    /// Removes blobs (digest and location each), as many at once as the store allows; fails
+    /// if any could not be removed.
+    async fn delete_many(&self, blobs: &[(Digest, Option<String>)]) -> Result<(), StorageError> {
+        for chunk in blobs.chunks(16) {
+            let mut deletes = Vec::with_capacity(chunk.len());
+            for (digest, location) in chunk {
+                deletes.push(self.delete(digest, location.as_deref()));
+            }
+            for result in futures_util::future::join_all(deletes).await {
+                result?;
+            }
+        }
+        Ok(())
+    }
+
     /// Prepares a new upload with the given id.
     async fn start_upload(&self, id: &str) -> Result<UploadHandle, StorageError>;
 

@@ -261,8 +261,16 @@ async fn backends_that_are_down_at_start_are_logged_reported_and_waited_for() {
         app.get("/v2/a/manifests/v1").await.status() == StatusCode::NOT_FOUND
     })
     .await;
-    let logged = std::fs::read_to_string(app.dir.path().join("berth.log")).unwrap();
-    assert!(logged.contains("the database answers: migrations applied"), "{logged}");
+    // The line is written once the migrations return, which races the request that saw them.
+    let log = app.dir.path().join("berth.log");
+    let applied = || std::fs::read_to_string(&log).unwrap().contains("the database answers: migrations applied");
+    for _ in 0..50 {
+        if applied() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(applied(), "{}", std::fs::read_to_string(&log).unwrap());
 }
 
 /// The dry run reports what the real run then does, layers of untagged manifests included.

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use berth::metadata::{BlobRecord, Collectable, MetadataError, MetadataStore, NewManifest, Page, PutManifest};
+use berth::metadata::{
+    BlobRecord, Collectable, DeleteBytes, MetadataError, MetadataStore, NewManifest, Page, PutManifest, QuotaExceeded,
+};
 use berth::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
 fn repo(name: &str) -> RepoName {
@@ -67,17 +69,17 @@ pub async fn a_manifest_with_missing_references_stores_nothing(store: Arc<dyn Me
     let (present, absent) = (digest("present"), digest("absent"));
     store.link_blob(&r, &present, &blob(5)).await.unwrap();
     let m = manifest("m", "broken", vec![(present.clone(), 5), (absent.clone(), 3)]);
-    assert_eq!(store.put_manifest(&m, &[tag("t")]).await.unwrap(), PutManifest::Missing(vec![absent]));
+    assert_eq!(store.put_manifest(&m, &[tag("t")], &[]).await.unwrap(), PutManifest::Missing(vec![absent]));
     assert_eq!(store.get_manifest(&r, &Reference::Digest(m.digest.clone()), false).await.unwrap(), None);
     assert_eq!(store.get_manifest(&r, &Reference::Tag(tag("t")), false).await.unwrap(), None);
     let wrong = manifest("m", "wrong size", vec![(present.clone(), 6)]);
-    assert_eq!(store.put_manifest(&wrong, &[]).await.unwrap(), PutManifest::WrongSize(vec![present]));
+    assert_eq!(store.put_manifest(&wrong, &[], &[]).await.unwrap(), PutManifest::WrongSize(vec![present]));
     let child = manifest("m", "index", Vec::new());
     let mut index = manifest("m", "index of missing", Vec::new());
     index.manifests = vec![(child.digest.clone(), 5)];
-    assert!(matches!(store.put_manifest(&index, &[]).await.unwrap(), PutManifest::Missing(_)));
-    store.put_manifest(&child, &[]).await.unwrap();
-    assert_eq!(store.put_manifest(&index, &[]).await.unwrap(), PutManifest::Stored);
+    assert!(matches!(store.put_manifest(&index, &[], &[]).await.unwrap(), PutManifest::Missing(_)));
+    store.put_manifest(&child, &[], &[]).await.unwrap();
+    assert_eq!(store.put_manifest(&index, &[], &[]).await.unwrap(), PutManifest::Stored);
 }
 
 pub async fn manifests_and_tags(store: Arc<dyn MetadataStore>) {
@@ -86,8 +88,8 @@ pub async fn manifests_and_tags(store: Arc<dyn MetadataStore>) {
     store.link_blob(&r, &layer, &blob(5)).await.unwrap();
     let first = manifest("lib/app", "first", vec![(layer.clone(), 5)]);
     let second = manifest("lib/app", "second", vec![(layer.clone(), 5)]);
-    assert_eq!(store.put_manifest(&first, &[tag("v1"), tag("latest")]).await.unwrap(), PutManifest::Stored);
-    assert_eq!(store.put_manifest(&first, &[]).await.unwrap(), PutManifest::Stored, "idempotent");
+    assert_eq!(store.put_manifest(&first, &[tag("v1"), tag("latest")], &[]).await.unwrap(), PutManifest::Stored);
+    assert_eq!(store.put_manifest(&first, &[], &[]).await.unwrap(), PutManifest::Stored, "idempotent");
     let by_tag = store.get_manifest(&r, &Reference::Tag(tag("latest")), true).await.unwrap().unwrap();
     assert_eq!(by_tag.digest, first.digest);
     assert_eq!(by_tag.payload.as_deref(), Some(&b"first"[..]));
@@ -95,7 +97,7 @@ pub async fn manifests_and_tags(store: Arc<dyn MetadataStore>) {
     let head = store.get_manifest(&r, &Reference::Digest(first.digest.clone()), false).await.unwrap().unwrap();
     assert_eq!((head.payload, head.media_type.as_str()), (None, "application/vnd.oci.image.manifest.v1+json"));
     // Moving a tag leaves the other tag and the old manifest alone.
-    store.put_manifest(&second, &[tag("latest")]).await.unwrap();
+    store.put_manifest(&second, &[tag("latest")], &[]).await.unwrap();
     let latest = store.get_manifest(&r, &Reference::Tag(tag("latest")), false).await.unwrap().unwrap();
     assert_eq!(latest.digest, second.digest);
     assert_eq!(store.get_manifest(&r, &Reference::Tag(tag("v1")), false).await.unwrap().unwrap().digest, first.digest);
@@ -114,7 +116,7 @@ pub async fn listings_are_sorted_and_paged(store: Arc<dyn MetadataStore>) {
     assert_eq!(store.list_tags(&r, None, 10).await.unwrap(), None);
     let m = manifest("t", "m", Vec::new());
     let tags: Vec<Tag> = ["b", "a", "B", "_", "0", "a-1"].iter().map(|t| tag(t)).collect();
-    store.put_manifest(&m, &tags).await.unwrap();
+    store.put_manifest(&m, &tags, &[]).await.unwrap();
     let page = |items: &[&str], more| Page { items: items.iter().map(|s| s.to_string()).collect(), more };
     assert_eq!(store.list_tags(&r, None, 100).await.unwrap().unwrap(), page(&["0", "B", "_", "a", "a-1", "b"], false));
     assert_eq!(store.list_tags(&r, None, 2).await.unwrap().unwrap(), page(&["0", "B"], true));
@@ -137,9 +139,9 @@ pub async fn referrers_by_subject_and_artifact_type(store: Arc<dyn MetadataStore
     let mut sig = manifest("refs", "sig", Vec::new());
     sig.subject = Some(subject.clone());
     sig.artifact_type = Some("application/sig".into());
-    store.put_manifest(&sbom, &[]).await.unwrap();
-    store.put_manifest(&sig, &[]).await.unwrap();
-    store.put_manifest(&manifest("refs", "unrelated", Vec::new()), &[]).await.unwrap();
+    store.put_manifest(&sbom, &[], &[]).await.unwrap();
+    store.put_manifest(&sig, &[], &[]).await.unwrap();
+    store.put_manifest(&manifest("refs", "unrelated", Vec::new()), &[], &[]).await.unwrap();
     let all = store.referrers(&r, &subject, None).await.unwrap();
     assert_eq!(all.len(), 2);
     let only = store.referrers(&r, &subject, Some("application/sbom")).await.unwrap();
@@ -176,7 +178,7 @@ pub async fn blobs_nothing_references_are_collected_and_nothing_else(store: Arc<
     }
     assert!(store.unlink_blob(&r, &unlinked).await.unwrap());
     let m = manifest("gc/r", "uses", vec![(used.clone(), 4)]);
-    store.put_manifest(&m, &[tag("t")]).await.unwrap();
+    store.put_manifest(&m, &[tag("t")], &[]).await.unwrap();
 
     // Within the grace time nothing goes; past it, what no manifest references.
     let hour_ago = SystemTime::now() - Duration::from_secs(3600);
@@ -206,7 +208,7 @@ pub async fn blobs_nothing_references_are_collected_and_nothing_else(store: Arc<
     assert_eq!(store.blob_in_repository(&other, &loose).await.unwrap(), None);
     assert_eq!(store.mount_blob(&r, &other, &loose).await.unwrap(), None);
     let late = manifest("gc/r", "late", vec![(loose.clone(), 4)]);
-    assert_eq!(store.put_manifest(&late, &[]).await.unwrap(), PutManifest::Missing(vec![loose.clone()]));
+    assert_eq!(store.put_manifest(&late, &[], &[]).await.unwrap(), PutManifest::Missing(vec![loose.clone()]));
     // A removal cut short is found again, and can be begun again.
     assert!(collectable(&*store, hour_ago).await.contains(&loose));
     assert_eq!(store.begin_blob_removal(&loose, hour_ago).await.unwrap(), Some(blob(4)));
@@ -244,7 +246,7 @@ pub async fn untagged_manifests_nothing_keeps_are_removed_and_nothing_else(store
     };
     let put = async |m: &NewManifest, tags: &[&str]| {
         let tags: Vec<Tag> = tags.iter().map(|t| tag(t)).collect();
-        assert_eq!(store.put_manifest(m, &tags).await.unwrap(), PutManifest::Stored);
+        assert_eq!(store.put_manifest(m, &tags, &[]).await.unwrap(), PutManifest::Stored);
     };
     // v1 moves from `old` to `current`; a tagged index lists `child`; an untagged index lists
     // `orphan`; both images have a signature.
@@ -263,35 +265,39 @@ pub async fn untagged_manifests_nothing_keeps_are_removed_and_nothing_else(store
     let recent = image("recent");
     put(&recent, &[]).await;
 
+    let lease = store.acquire_lease("gc", "contract", Duration::from_secs(60), false).await.unwrap().unwrap();
     // Within the grace time nothing goes; past it, what no tag keeps, indexes before what they
     // list and subjects before their referrers.
     let hour_ago = SystemTime::now() - Duration::from_secs(3600);
-    assert_eq!(store.unkept_manifests(&r, hour_ago).await.unwrap(), Vec::<Digest>::new());
-    let order = store.unkept_manifests(&r, cutoff).await.unwrap();
+    assert_eq!(store.unkept_manifests(&r, Some(hour_ago), &[]).await.unwrap(), Vec::<Digest>::new());
+    let order = store.unkept_manifests(&r, Some(cutoff), &[]).await.unwrap();
     assert_eq!(
         sorted(order.clone()),
         sorted(vec![old.digest.clone(), old_sig.digest.clone(), old_index.digest.clone(), orphan.digest.clone()])
     );
     let at = |m: &NewManifest| order.iter().position(|d| *d == m.digest).unwrap();
     assert!(at(&old) < at(&old_sig) && at(&old_index) < at(&orphan), "{order:?}");
-    assert_eq!(store.unkept_manifests(&repo("gc/none"), cutoff).await.unwrap(), Vec::<Digest>::new());
+    assert_eq!(store.unkept_manifests(&repo("gc/none"), Some(cutoff), &[]).await.unwrap(), Vec::<Digest>::new());
 
     // Checked again at removal: a referrer whose subject is still there stays, so does a
     // manifest an index lists, and one pushed again since the listing.
-    assert!(!store.remove_unkept_manifest(&r, &old_sig.digest, cutoff).await.unwrap());
-    assert!(!store.remove_unkept_manifest(&r, &orphan.digest, cutoff).await.unwrap());
+    assert!(!store.remove_unkept_manifest(&lease, &r, &old_sig.digest, cutoff).await.unwrap());
+    assert!(!store.remove_unkept_manifest(&lease, &r, &orphan.digest, cutoff).await.unwrap());
     put(&old_index, &[]).await;
-    assert!(!store.remove_unkept_manifest(&r, &old_index.digest, cutoff).await.unwrap());
-    assert!(!store.remove_unkept_manifest(&r, &orphan.digest, cutoff).await.unwrap());
-    assert!(!store.remove_unkept_manifest(&r, &current.digest, cutoff).await.unwrap());
-    assert!(!store.remove_unkept_manifest(&r, &recent.digest, cutoff).await.unwrap());
-    assert!(!store.remove_unkept_manifest(&r, &digest("never pushed"), cutoff).await.unwrap());
-    assert_eq!(store.unkept_manifests(&r, cutoff).await.unwrap(), vec![old.digest.clone(), old_sig.digest.clone()]);
+    assert!(!store.remove_unkept_manifest(&lease, &r, &old_index.digest, cutoff).await.unwrap());
+    assert!(!store.remove_unkept_manifest(&lease, &r, &orphan.digest, cutoff).await.unwrap());
+    assert!(!store.remove_unkept_manifest(&lease, &r, &current.digest, cutoff).await.unwrap());
+    assert!(!store.remove_unkept_manifest(&lease, &r, &recent.digest, cutoff).await.unwrap());
+    assert!(!store.remove_unkept_manifest(&lease, &r, &digest("never pushed"), cutoff).await.unwrap());
+    assert_eq!(
+        store.unkept_manifests(&r, Some(cutoff), &[]).await.unwrap(),
+        vec![old.digest.clone(), old_sig.digest.clone()]
+    );
 
     // In order, each goes.
-    assert!(store.remove_unkept_manifest(&r, &old.digest, cutoff).await.unwrap());
-    assert!(store.remove_unkept_manifest(&r, &old_sig.digest, cutoff).await.unwrap());
-    assert!(!store.remove_unkept_manifest(&r, &old.digest, cutoff).await.unwrap());
+    assert!(store.remove_unkept_manifest(&lease, &r, &old.digest, cutoff).await.unwrap());
+    assert!(store.remove_unkept_manifest(&lease, &r, &old_sig.digest, cutoff).await.unwrap());
+    assert!(!store.remove_unkept_manifest(&lease, &r, &old.digest, cutoff).await.unwrap());
     for gone in [&old, &old_sig] {
         assert_eq!(store.get_manifest(&r, &Reference::Digest(gone.digest.clone()), false).await.unwrap(), None);
     }
@@ -305,6 +311,186 @@ pub async fn untagged_manifests_nothing_keeps_are_removed_and_nothing_else(store
     );
     // The layer the removed image shared with the kept ones stays referenced.
     assert_eq!(collectable(&*store, SystemTime::now()).await, Vec::<Digest>::new());
+}
+
+pub async fn the_lease_fences_its_holder_once_taken_over(store: Arc<dyn MetadataStore>) {
+    let ttl = Duration::from_millis(400);
+    let a = store.acquire_lease("gc", "a", ttl, true).await.unwrap().expect("free at first");
+    assert_eq!(store.acquire_lease("gc", "b", ttl, false).await.unwrap(), None, "held");
+    store.renew_lease(&a).await.unwrap();
+    // Each fenced transaction renews it too.
+    let (r, loose) = (repo("lease/r"), digest("lease loose"));
+    store.link_blob(&r, &loose, &blob(3)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let b = store.acquire_lease("gc", "b", ttl, false).await.unwrap().expect("expired, so taken over");
+    assert!(b.token > a.token);
+    let past = SystemTime::now();
+    for refused in [
+        store.renew_lease(&a).await.map(|_| ()),
+        store.begin_blob_removals(&a, std::slice::from_ref(&loose), past).await.map(|_| ()),
+        store.remove_unkept_manifest(&a, &r, &digest("none"), past).await.map(|_| ()),
+    ] {
+        assert!(matches!(refused, Err(MetadataError::Fenced(ref n)) if n == "gc"), "{refused:?}");
+    }
+    assert!(store.blob(&loose).await.unwrap().is_some(), "the stale holder changed nothing");
+    // A stale holder's release leaves the lease with its holder.
+    store.release_lease(&a, None).await.unwrap();
+    assert_eq!(store.acquire_lease("gc", "c", ttl, false).await.unwrap(), None);
+    // Released with a next run an hour away: free, but not due.
+    store.release_lease(&b, Some(SystemTime::now() + Duration::from_secs(3600))).await.unwrap();
+    assert_eq!(store.acquire_lease("gc", "c", ttl, true).await.unwrap(), None, "not due");
+    let c = store.acquire_lease("gc", "c", ttl, false).await.unwrap().expect("free when not asked to be due");
+    assert_eq!(
+        store.begin_blob_removals(&c, std::slice::from_ref(&loose), past).await.unwrap(),
+        vec![(loose.clone(), blob(3))]
+    );
+}
+
+pub async fn blob_removals_go_in_batches_and_bytes_go_while_the_rows_are_held(store: Arc<dyn MetadataStore>) {
+    let r = repo("batch/r");
+    let digests: Vec<Digest> = (0..7).map(|i| digest(&format!("batch {i}"))).collect();
+    for d in &digests {
+        store.link_blob(&r, d, &blob(5)).await.unwrap();
+    }
+    let m = manifest("batch/r", "keeps 0", vec![(digests[0].clone(), 5)]);
+    store.put_manifest(&m, &[tag("t")], &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let past = SystemTime::now();
+    let lease = store.acquire_lease("gc", "batch", Duration::from_secs(60), false).await.unwrap().unwrap();
+    let begun = store.begin_blob_removals(&lease, &digests, past).await.unwrap();
+    let begun: Vec<Digest> = begun.into_iter().map(|(d, _)| d).collect();
+    assert_eq!(begun, sorted(digests[1..].to_vec()), "all but the referenced one");
+    assert_eq!(store.blob_in_repository(&r, &digests[1]).await.unwrap(), None, "unlinked at once");
+    // Bytes that could not be deleted leave the removal to be finished later.
+    let failing: &DeleteBytes<'_> = &|_| Box::pin(async { Err("store down".to_owned()) });
+    assert!(store.finish_blob_removals(&lease, &begun, failing).await.is_err());
+    assert_eq!(collectable(&*store, SystemTime::UNIX_EPOCH).await, begun, "still being removed");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let deleting: &DeleteBytes<'_> = &{
+        let seen = seen.clone();
+        move |records| {
+            seen.lock().unwrap().extend(records.into_iter().map(|(d, _)| d));
+            Box::pin(async { Ok(()) })
+        }
+    };
+    let removed = store.finish_blob_removals(&lease, &begun, deleting).await.unwrap();
+    assert_eq!(removed.len(), 6);
+    assert_eq!(*seen.lock().unwrap(), begun);
+    assert_eq!(collectable(&*store, SystemTime::now()).await, Vec::<Digest>::new());
+    assert!(store.finish_blob_removals(&lease, &begun, deleting).await.unwrap().is_empty(), "once only");
+    assert!(store.blob(&digests[0]).await.unwrap().is_some());
+}
+
+pub async fn a_fixed_tag_never_moves(store: Arc<dyn MetadataStore>) {
+    let (first, second) = (manifest("fixed/r", "first", Vec::new()), manifest("fixed/r", "second", Vec::new()));
+    let v1 = [tag("v1")];
+    assert_eq!(store.put_manifest(&first, &v1, &v1).await.unwrap(), PutManifest::Stored);
+    assert_eq!(store.put_manifest(&first, &v1, &v1).await.unwrap(), PutManifest::Stored, "the same digest again");
+    let moved = store.put_manifest(&second, &[tag("v1"), tag("other")], &v1).await.unwrap();
+    assert_eq!(moved, PutManifest::TagFixed(tag("v1"), first.digest.clone()));
+    assert_eq!(
+        store.get_manifest(&repo("fixed/r"), &Reference::Digest(second.digest.clone()), false).await.unwrap(),
+        None
+    );
+    assert_eq!(store.get_manifest(&repo("fixed/r"), &Reference::Tag(tag("other")), false).await.unwrap(), None);
+    assert_eq!(store.tags_of(&repo("fixed/r"), &first.digest).await.unwrap(), vec![tag("v1")]);
+    // Concurrent first pushes of a fixed tag: exactly one wins, the others are refused.
+    let pushes = (0..6).map(|i| {
+        let store = store.clone();
+        async move {
+            let m = manifest("fixed/race", &format!("racer {i}"), Vec::new());
+            (m.digest.clone(), store.put_manifest(&m, &[tag("v2")], &[tag("v2")]).await.unwrap())
+        }
+    });
+    let results = futures_util::future::join_all(pushes).await;
+    let winners: Vec<&Digest> = results.iter().filter(|(_, r)| *r == PutManifest::Stored).map(|(d, _)| d).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let stored = store.get_manifest(&repo("fixed/race"), &Reference::Tag(tag("v2")), false).await.unwrap().unwrap();
+    assert_eq!(&stored.digest, winners[0]);
+    // Not fixed, a tag moves.
+    assert_eq!(store.put_manifest(&second, &v1, &[]).await.unwrap(), PutManifest::Stored);
+}
+
+pub async fn quota_usage_counts_distinct_blobs_exactly(store: Arc<dyn MetadataStore>) {
+    store.sync_quotas(&[("team".into(), 100), ("team/app".into(), 1000)]).await.unwrap();
+    let check = async |team: u64| {
+        let usage = store.usage().await.unwrap();
+        assert_eq!(usage.iter().find(|u| u.namespace == "team").unwrap().bytes, team);
+        for u in &usage {
+            assert_eq!(store.recount_usage(&u.namespace).await.unwrap(), u.bytes, "{}", u.namespace);
+        }
+    };
+    let (a, b, outside) = (repo("team/app"), repo("team/web"), repo("teammate/app"));
+    let (shared, big, small) = (digest("shared 40"), digest("big 50"), digest("small 20"));
+    store.link_blob(&a, &shared, &blob(40)).await.unwrap();
+    store.link_blob(&b, &shared, &blob(40)).await.unwrap();
+    store.link_blob(&outside, &small, &blob(20)).await.unwrap();
+    check(40).await;
+    store.link_blob(&b, &big, &blob(50)).await.unwrap();
+    check(90).await;
+    let refused = store.link_stored_blob(&a, &small, 20).await;
+    let expected = QuotaExceeded { namespace: "team".into(), usage: 90, limit: 100, size: 20 };
+    assert!(matches!(refused, Err(MetadataError::QuotaExceeded(ref q)) if *q == expected), "{refused:?}");
+    assert!(matches!(store.mount_blob(&outside, &a, &small).await, Err(MetadataError::QuotaExceeded(_))));
+    assert!(matches!(store.link_blob(&a, &digest("new 11"), &blob(11)).await, Err(MetadataError::QuotaExceeded(_))));
+    assert_eq!(store.blob_in_repository(&a, &small).await.unwrap(), None);
+    check(90).await;
+    assert!(store.unlink_blob(&a, &shared).await.unwrap());
+    check(90).await;
+    assert!(store.unlink_blob(&b, &shared).await.unwrap());
+    check(50).await;
+    // Collected, a linked blob nothing references leaves the count.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.begin_blob_removal(&big, SystemTime::now()).await.unwrap(), Some(blob(50)));
+    check(0).await;
+    // Concurrent links: exactly as many as fit.
+    let links = (0..24).map(|i| {
+        let store = store.clone();
+        async move { store.link_blob(&repo(&format!("team/r{}", i % 3)), &digest(&format!("five {i}")), &blob(5)).await }
+    });
+    let linked = futures_util::future::join_all(links).await;
+    assert_eq!(linked.iter().filter(|r| r.is_ok()).count(), 20, "20 x 5 bytes fit in 100: {linked:?}");
+    assert!(linked.iter().filter(|r| r.is_err()).all(|r| matches!(r, Err(MetadataError::QuotaExceeded(_)))));
+    check(100).await;
+    store.sync_quotas(&[("team".into(), 100)]).await.unwrap();
+    assert_eq!(store.usage().await.unwrap().len(), 1, "a quota no longer configured is forgotten");
+    check(100).await;
+}
+
+pub async fn retention_sees_push_and_pull_times(store: Arc<dyn MetadataStore>) {
+    let r = repo("ret/r");
+    let m = manifest("ret/r", "image", Vec::new());
+    store.put_manifest(&m, &[tag("a"), tag("b")], &[]).await.unwrap();
+    let infos = store.tag_infos(&r).await.unwrap();
+    assert_eq!(infos.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert!(infos.iter().all(|t| t.pulled_at.is_none() && t.digest == m.digest));
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+    store
+        .record_pulls(&[
+            (r.clone(), Reference::Tag(tag("a")), at),
+            (r.clone(), Reference::Tag(tag("gone")), at),
+            (repo("ret/none"), Reference::Tag(tag("a")), at),
+        ])
+        .await
+        .unwrap();
+    store.record_pulls(&[(r.clone(), Reference::Tag(tag("a")), at - Duration::from_secs(9))]).await.unwrap();
+    let infos = store.tag_infos(&r).await.unwrap();
+    assert_eq!(infos[0].pulled_at, Some(2_000_000_000_000), "never moves back");
+    assert_eq!(infos[1].pulled_at, None);
+    // A pull by digest counts for every tag of the manifest.
+    let later = at + Duration::from_secs(1);
+    store.record_pulls(&[(r.clone(), Reference::Digest(m.digest.clone()), later)]).await.unwrap();
+    let infos = store.tag_infos(&r).await.unwrap();
+    assert!(infos.iter().all(|t| t.pulled_at == Some(2_000_000_001_000)), "{infos:?}");
+    // A tag pushed again since retention looked at it stays.
+    let lease = store.acquire_lease("gc", "ret", Duration::from_secs(60), false).await.unwrap().unwrap();
+    let stale = infos[0].clone();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.put_manifest(&m, &[tag("a")], &[]).await.unwrap();
+    assert!(!store.remove_tag(&lease, &r, &stale).await.unwrap());
+    let fresh = store.tag_infos(&r).await.unwrap().remove(0);
+    assert!(store.remove_tag(&lease, &r, &fresh).await.unwrap());
+    assert_eq!(store.tags_of(&r, &m.digest).await.unwrap(), vec![tag("b")]);
 }
 
 async fn sqlite() -> (Arc<dyn MetadataStore>, tempfile::TempDir) {
@@ -329,6 +515,11 @@ macro_rules! metadata_store_contract {
                 referrers_by_subject_and_artifact_type,
                 blobs_nothing_references_are_collected_and_nothing_else,
                 untagged_manifests_nothing_keeps_are_removed_and_nothing_else,
+                the_lease_fences_its_holder_once_taken_over,
+                blob_removals_go_in_batches_and_bytes_go_while_the_rows_are_held,
+                a_fixed_tag_never_moves,
+                quota_usage_counts_distinct_blobs_exactly,
+                retention_sees_push_and_pull_times,
             ]
         );
     };

@@ -498,13 +498,24 @@ impl Inner {
                 .quiet(true)
                 .build()
                 .map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
-            self.client
+            let output = self
+                .client
                 .delete_objects()
                 .bucket(self.bucket())
                 .delete(delete)
                 .send()
                 .await
                 .map_err(|e| s3_error("DeleteObjects", e))?;
+            // Quiet mode lists only the keys that could not be deleted.
+            if let Some(failed) = output.errors().first() {
+                return Err(StorageError::Unavailable(format!(
+                    "DeleteObjects left {} of {} keys, {:?} first: {}",
+                    output.errors().len(),
+                    batch.len(),
+                    failed.key().unwrap_or_default(),
+                    failed.message().unwrap_or_default()
+                )));
+            }
         }
         Ok(())
     }
@@ -723,6 +734,11 @@ impl BlobStore for S3Store {
                 e => Err(e),
             },
         }
+    }
+
+    async fn delete_many(&self, blobs: &[(Digest, Option<String>)]) -> Result<(), StorageError> {
+        let inner = &self.inner;
+        inner.delete_keys(blobs.iter().map(|(d, l)| inner.key_of(d, l.as_deref())).collect()).await
     }
 
     async fn start_upload(&self, _id: &str) -> Result<UploadHandle, StorageError> {
