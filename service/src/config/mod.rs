@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::registry::Policy;
-pub use crate::registry::lifecycle::rules::{ImmutableEntry, QuotaEntry, RetentionEntry};
+pub use crate::registry::lifecycle::rules::{ByteSize, ImmutableEntry, QuotaEntry, RetentionEntry};
 
 mod load;
 pub use load::{ConfigError, TABLES, keys, variable};

@@ -101,6 +101,8 @@ pub struct Running {
     pub registry: Registry,
     /// The `/metrics` server, when it listens on an address of its own.
     pub metrics: Option<ServerHandle>,
+    /// Whether the quota namespaces were counted at start.
+    pub quotas_counted: bool,
 }
 
 /// Binds `settings.listen` (port 0 picks a free port) and starts serving. The addresses are
@@ -117,6 +119,15 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Running, Server)> {
     };
     let rule = if settings.fail_fast { Unreachable::Fail } else { Unreachable::Wait };
     let registry = build_registry(settings, rule).await?;
+    // Counted before the first push; when the database is not there yet, the collector's task
+    // counts them once it is.
+    let quotas_counted = match registry.sync_quotas().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count quota usage yet; trying again in the background");
+            false
+        }
+    };
     let auth = build_authorizer(settings).await?;
     let addr = listener.local_addr()?;
     if auth.mode() == Mode::None && !addr.ip().is_loopback() {
@@ -166,7 +177,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Running, Server)> {
         }
         None => None,
     };
-    Ok((Running { addr, handle, registry, metrics }, server))
+    Ok((Running { addr, handle, registry, metrics, quotas_counted }, server))
 }
 
 fn auth_off(settings: &Settings) -> bool {
@@ -178,7 +189,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (running, server) = start(&settings).await?;
     tracing::info!(addr = %running.addr, storage = ?settings.storage, "berth is serving");
     let janitor = running.registry.spawn_janitor();
-    let lifecycle = running.registry.spawn_lifecycle();
+    let lifecycle = running.registry.spawn_lifecycle(running.quotas_counted);
     let server = tokio::spawn(server);
     shutdown_signal().await;
     tracing::info!(grace_seconds = settings.shutdown_timeout, "shutting down: finishing requests in flight");

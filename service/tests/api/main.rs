@@ -19,6 +19,7 @@ mod errors;
 mod gc;
 mod hardening;
 mod helpers;
+mod lifecycle;
 mod listing;
 mod manifests;
 mod observability;

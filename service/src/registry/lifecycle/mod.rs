@@ -243,9 +243,9 @@ impl Registry {
                     why.push(format!("untagged and older than {} ({by})", humantime::format_duration(age)));
                 }
                 if !released.is_empty() {
-                    why.push("or a referrer of, or listed by, a manifest that goes".into());
+                    why.push("a referrer of, or listed by, a manifest that goes".into());
                 }
-                why.join(", ")
+                why.join(", or ")
             };
             let removed = match lease {
                 None => true,
@@ -371,7 +371,8 @@ impl Registry {
 
     /// The collector, the pull-time flusher and the quota counters of `serve`, for as long as
     /// the process runs.
-    pub fn spawn_lifecycle(&self) -> Vec<tokio::task::JoinHandle<()>> {
+    /// `quotas_counted`: whether [`Registry::sync_quotas`] already ran.
+    pub fn spawn_lifecycle(&self, quotas_counted: bool) -> Vec<tokio::task::JoinHandle<()>> {
         let collector = self.policy.collector.clone();
         let flusher = {
             let registry = self.clone();
@@ -388,7 +389,7 @@ impl Registry {
         let registry = self.clone();
         let gc = tokio::spawn(async move {
             let holder = holder_id("serve");
-            while let Err(e) = registry.sync_quotas().await {
+            while !quotas_counted && let Err(e) = registry.sync_quotas().await {
                 tracing::warn!(error = %e, "cannot count quota usage yet; trying again in 5 s");
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
