@@ -155,6 +155,11 @@ E2E_REGISTRY=127.0.0.1:$nginx_port E2E_LOGS="${logs[*]}" E2E_PIDS="${pids[*]}" E
     bash service/tests/e2e/clients.sh "$berth"
 served=$(for log in "${logs[@]}"; do grep -c 'berth::access' "$log" || true; done | paste -sd' ')
 echo "requests served by each replica: $served"
+echo "--- the storage lifecycle: the collector, retention, immutable tags and quotas racing pushes and deletes ---"
+RACE_SECONDS=${RACE_SECONDS:-30} python3 service/tests/e2e/lifecycle_race.py "$berth"
+echo "--- the collector's lease: its holder SIGKILLed mid-run ---"
+python3 service/tests/e2e/lifecycle_failover.py "$berth"
+
 echo "--- the Helm chart: lint, schema, kubernetes-validate, checkov, the contract with the binary ---"
 python3 helm/tests/chart_test.py "$berth"
 

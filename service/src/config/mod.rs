@@ -694,6 +694,26 @@ mod tests {
         }
     }
 
+    /// The lifecycle examples of the README and the configuration reference load as they are.
+    #[test]
+    fn the_lifecycle_examples_are_valid() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let reference = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/reference/configuration.md"));
+        for (doc, heading) in [(readme, "## Storage lifecycle"), (reference, "## Retention, immutable tags and quotas")]
+        {
+            let section = doc.split_once(heading).expect("the section").1;
+            let example = section.split("```toml").nth(1).and_then(|b| b.split("```").next()).expect("an example");
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("berth.toml");
+            std::fs::write(&path, example).unwrap();
+            let settings = Settings::load_from(Some(&path), Vec::new(), &Overrides::default())
+                .unwrap_or_else(|e| panic!("{heading}: {e}"));
+            let rules = settings.lifecycle().unwrap();
+            assert_eq!((rules.retention.len(), rules.immutable.len(), rules.quotas.len()), (1, 1, 1), "{heading}");
+            assert!(rules.retention[0].keep_tags.as_ref().unwrap().matches("v1.2.3"), "{heading}");
+        }
+    }
+
     #[test]
     fn masks_passwords_in_urls() {
         assert_eq!(mask_url_password("postgres://u:p4ss@db:5432/x"), "postgres://u:***@db:5432/x");

@@ -85,7 +85,7 @@ impl Registry {
                 crate::metrics::Metrics::get().refusals.with_label_values(&["immutable"]).inc();
                 let rule = rules.fixing(repository.as_str(), tag.as_str()).next().map(|r| r.describe());
                 Err(Error::Denied(format!(
-                    "tag {tag} is immutable ({}): it already points at {current}; push under a new tag",
+                    "tag {tag} is immutable under {}: it already points at {current}; push under a new tag",
                     rule.unwrap_or_else(|| "an immutable rule".into())
                 )))
             }
@@ -124,7 +124,7 @@ impl Registry {
                 if let Some(rule) = rules.forbids_delete(repository.as_str(), tag.as_str()) {
                     crate::metrics::Metrics::get().refusals.with_label_values(&["immutable"]).inc();
                     return Err(Error::Denied(format!(
-                        "tag {tag} is immutable and may not be deleted ({}, allow_delete = false)",
+                        "tag {tag} is immutable and may not be deleted: {} says allow_delete = false",
                         rule.describe()
                     )));
                 }

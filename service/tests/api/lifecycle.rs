@@ -33,8 +33,8 @@ async fn an_immutable_tag_refuses_to_move_and_names_its_rule() {
     assert_eq!(
         message,
         format!(
-            "tag v1 is immutable (immutable rule 1 (repositories = \"prod/**\")): it already points at {}; push \
-             under a new tag",
+            "tag v1 is immutable under [[immutable]] entry 1 (repositories = \"prod/**\"): it already points at \
+             {}; push under a new tag",
             first.digest
         )
     );

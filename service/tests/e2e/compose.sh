@@ -337,3 +337,5 @@ docker pull -q "$big" >/dev/null || fail "the pull after the kill failed"
 ok "scaled.yaml: a 100 MiB layer pushed through nginx, $(docker inspect -f '{{.Name}}' "$victim" | tr -d /) killed while receiving it; docker retried ($retried retry lines) and the push finished; pulled back whole"
 cd /
 echo "compose tests passed"
+# The lifecycle's refusals as docker (and skopeo) show them, with this engine.
+bash "$here/lifecycle_clients.sh" "$binary"

@@ -190,7 +190,7 @@ impl Immutable {
 
     /// How a refusal names it.
     pub fn describe(&self) -> String {
-        format!("immutable rule {} (repositories = {:?})", self.number, self.repositories.as_str())
+        format!("[[immutable]] entry {} (repositories = {:?})", self.number, self.repositories.as_str())
     }
 }
 
