@@ -159,6 +159,9 @@ struct GcArgs {
     /// Also apply the retention rules ([[retention]] in the config file) first.
     #[arg(long)]
     retention: bool,
+    /// How long to wait for a collection a replica is running (it holds the lease) to end.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    wait: std::time::Duration,
 }
 
 impl ServeArgs {
@@ -382,7 +385,7 @@ async fn gc(settings: Settings, args: GcArgs) -> anyhow::Result<()> {
         batch: settings.gc_batch,
     };
     let started = std::time::Instant::now();
-    let report = registry.collect_under_lease(&options).await?;
+    let report = registry.collect_under_lease(&options, args.wait).await?;
     if args.retention {
         println!("{verb} {} tag(s)", report.tags);
     }
@@ -424,7 +427,7 @@ async fn retention(settings: Settings, dry_run: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let options = RunOptions { grace: Duration::ZERO, untagged: None, retention: true, blobs: false, batch: 500 };
-    let report = registry.collect_under_lease(&options).await?;
+    let report = registry.collect_under_lease(&options, Duration::from_secs(600)).await?;
     print_decisions(&report.decisions);
     println!(
         "removed {} tag(s) and {} manifest(s); their blobs go with the next collection",

@@ -8,6 +8,9 @@ use super::lifecycle::{Report, RunOptions, holder_id};
 use super::{Error, Registry};
 use crate::oci::{Digest, RepoName};
 
+/// How long a collection asked for by hand waits for one a replica's collector is running.
+const LEASE_WAIT: Duration = Duration::from_secs(60);
+
 /// What a collection removed, or would remove on a dry run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Collected {
@@ -64,7 +67,7 @@ impl Registry {
             return Ok(self.unkept_manifests(grace).await?.len() as u64);
         }
         let options = RunOptions { grace, untagged: Some(grace), retention: false, blobs: false, batch: 500 };
-        Ok(self.collect_under_lease(&options).await?.manifests)
+        Ok(self.collect_under_lease(&options, LEASE_WAIT).await?.manifests)
     }
 
     /// A whole collection, as `berth gc` runs it: with `untagged`, the manifests no tag keeps,
@@ -75,7 +78,7 @@ impl Registry {
         if !dry_run {
             let options =
                 RunOptions { grace, untagged: untagged.then_some(grace), retention: false, blobs: true, batch: 500 };
-            let report = self.collect_under_lease(&options).await?;
+            let report = self.collect_under_lease(&options, LEASE_WAIT).await?;
             return Ok(Collected { manifests: report.manifests, blobs: report.blobs, bytes: report.bytes });
         }
         let removed = if untagged { self.unkept_manifests(grace).await? } else { Vec::new() };
@@ -104,14 +107,24 @@ impl Registry {
         Ok(collected)
     }
 
-    /// One run under the collector's lease, taken for it (and refused while a replica's
-    /// collector holds it).
-    pub async fn collect_under_lease(&self, options: &RunOptions) -> Result<Report, Error> {
+    /// One run under the collector's lease, taken for it: while a replica's collector holds
+    /// it, waits for that run to end, for up to `wait`.
+    pub async fn collect_under_lease(&self, options: &RunOptions, wait: Duration) -> Result<Report, Error> {
         let holder = holder_id("gc");
-        let Some(lease) = self.take_lease(&holder, false).await? else {
-            return Err(Error::TryAgain(
-                "a collection is running on a replica (it holds the gc lease); try again when it ends".into(),
-            ));
+        let deadline = std::time::Instant::now() + wait;
+        let lease = loop {
+            if let Some(lease) = self.take_lease(&holder, false).await? {
+                break lease;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::TryAgain(format!(
+                    "a collection is running on a replica (it holds the gc lease) and did not end within {}; \
+                     try again later",
+                    humantime::format_duration(wait)
+                )));
+            }
+            tracing::info!("a collection is running on a replica (it holds the gc lease); waiting for it to end");
+            tokio::time::sleep(Duration::from_secs(1)).await;
         };
         let report = self.run_collection(&lease, options).await;
         self.release_lease(&lease, None).await?;
@@ -149,7 +162,7 @@ impl Registry {
             return self.blobs_collected(grace, &mut std::collections::BTreeSet::new()).await;
         }
         let options = RunOptions { grace, untagged: None, retention: false, blobs: true, batch: 500 };
-        let report = self.collect_under_lease(&options).await?;
+        let report = self.collect_under_lease(&options, LEASE_WAIT).await?;
         Ok(Collected { manifests: 0, blobs: report.blobs, bytes: report.bytes })
     }
 

@@ -8,7 +8,9 @@
 #      build, push, a push to a second repository (mounted), rmi, pull, logout, an anonymous
 #      pull refused;
 #   3. deploy/compose/scaled.yaml (three replicas, PostgreSQL, Redis, S3): a 100 MiB layer
-#      pushed while the replica receiving it is killed, then pulled back whole.
+#      pushed while the replica receiving it is killed, then pulled back whole;
+#   4. with the same engine, lifecycle_clients.sh: docker's and skopeo's view of an immutable
+#      tag moved and of a push past a quota.
 #
 # With BERTH_E2E_BENCH_MIB=512 it also times docker push and pull of a layer that size through
 # nginx and straight to Berth's port (a figure, not a check; not in the test command).
