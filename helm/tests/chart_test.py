@@ -84,6 +84,8 @@ def token_existing_secrets(b, port):
             "htpasswd": {"existingSecret": "registry-users"},
             "tokenKey": {"existingSecret": "registry-token-key"},
             "access": {"rules": '[[rules]]\nusers = ["busy"]\nrepositories = ["contract/**"]\nactions = ["pull", "push"]\n'},
+            "gcInterval": 600,
+            "lifecycle": '[[quota]]\nnamespace = "contract"\nlimit = "1GiB"\n\n[[immutable]]\nrepositories = "prod/**"\n',
             "extraEnv": [{"name": "BERTH_REDIS_PREFIX", "value": b["prefix"]}],
         },
         "storage": {**s3_values(b), "s3": {**s3_values(b)["s3"], "existingSecret": "registry-s3"}},

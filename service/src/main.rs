@@ -383,6 +383,7 @@ async fn gc(settings: Settings, args: GcArgs) -> anyhow::Result<()> {
         retention: args.retention,
         blobs: true,
         batch: settings.gc_batch,
+        explain: false,
     };
     let started = std::time::Instant::now();
     let report = registry.collect_under_lease(&options, args.wait).await?;
@@ -426,7 +427,8 @@ async fn retention(settings: Settings, dry_run: bool) -> anyhow::Result<()> {
         println!("would remove {} tag(s) and manifest(s)", decisions.len());
         return Ok(());
     }
-    let options = RunOptions { grace: Duration::ZERO, untagged: None, retention: true, blobs: false, batch: 500 };
+    let options =
+        RunOptions { grace: Duration::ZERO, untagged: None, retention: true, blobs: false, batch: 500, explain: true };
     let report = registry.collect_under_lease(&options, Duration::from_secs(600)).await?;
     print_decisions(&report.decisions);
     println!(

@@ -129,7 +129,7 @@ env:
 {{- end }}
 {{- end }}
 
-{{/* The files Berth reads: users, access rules, the token key. */}}
+{{/* The files Berth reads: users, access rules, the token key, the lifecycle rules. */}}
 {{- define "berth.configMounts" -}}
 {{- if ne .Values.berth.auth "none" }}
 - name: users
@@ -139,6 +139,11 @@ env:
 {{- if .Values.berth.access.rules }}
 - name: access
   mountPath: /etc/berth/access
+  readOnly: true
+{{- end }}
+{{- if .Values.berth.lifecycle }}
+- name: lifecycle
+  mountPath: /etc/berth/lifecycle
   readOnly: true
 {{- end }}
 {{- if eq .Values.berth.auth "token" }}
@@ -162,6 +167,11 @@ env:
 - name: access
   configMap:
     name: {{ include "berth.fullname" . }}-access
+{{- end }}
+{{- if .Values.berth.lifecycle }}
+- name: lifecycle
+  configMap:
+    name: {{ include "berth.fullname" . }}-lifecycle
 {{- end }}
 {{- if eq .Values.berth.auth "token" }}
 - name: token

@@ -66,7 +66,8 @@ impl Registry {
         if dry_run {
             return Ok(self.unkept_manifests(grace).await?.len() as u64);
         }
-        let options = RunOptions { grace, untagged: Some(grace), retention: false, blobs: false, batch: 500 };
+        let options =
+            RunOptions { grace, untagged: Some(grace), retention: false, blobs: false, batch: 500, explain: false };
         Ok(self.collect_under_lease(&options, LEASE_WAIT).await?.manifests)
     }
 
@@ -76,8 +77,14 @@ impl Registry {
     /// those that only the manifests it would remove reference.
     pub async fn collect(&self, grace: Duration, untagged: bool, dry_run: bool) -> Result<Collected, Error> {
         if !dry_run {
-            let options =
-                RunOptions { grace, untagged: untagged.then_some(grace), retention: false, blobs: true, batch: 500 };
+            let options = RunOptions {
+                grace,
+                untagged: untagged.then_some(grace),
+                retention: false,
+                blobs: true,
+                batch: 500,
+                explain: false,
+            };
             let report = self.collect_under_lease(&options, LEASE_WAIT).await?;
             return Ok(Collected { manifests: report.manifests, blobs: report.blobs, bytes: report.bytes });
         }
@@ -161,7 +168,7 @@ impl Registry {
         if dry_run {
             return self.blobs_collected(grace, &mut std::collections::BTreeSet::new()).await;
         }
-        let options = RunOptions { grace, untagged: None, retention: false, blobs: true, batch: 500 };
+        let options = RunOptions { grace, untagged: None, retention: false, blobs: true, batch: 500, explain: false };
         let report = self.collect_under_lease(&options, LEASE_WAIT).await?;
         Ok(Collected { manifests: 0, blobs: report.blobs, bytes: report.bytes })
     }

@@ -152,7 +152,8 @@ async fn retention_removes_what_its_rules_do_not_keep_and_says_why() {
     // The dry run removed nothing.
     assert_eq!(app.get("/v2/ret/app/manifests/old").await.status(), StatusCode::OK);
 
-    let options = RunOptions { grace: Duration::ZERO, untagged: None, retention: true, blobs: true, batch: 2 };
+    let options =
+        RunOptions { grace: Duration::ZERO, untagged: None, retention: true, blobs: true, batch: 2, explain: true };
     let report = registry.collect_under_lease(&options, Duration::ZERO).await.unwrap();
     assert_eq!((report.tags, report.manifests), (1, 2), "{report:?}");
     // The old image's config and layer are elsewhere/app's too: only the signature's blob goes.

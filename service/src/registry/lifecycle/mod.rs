@@ -57,6 +57,9 @@ pub struct RunOptions {
     /// Then remove the blobs nothing references.
     pub blobs: bool,
     pub batch: usize,
+    /// Keep a [`Decision`] for everything removed, for the caller to show (memory grows with
+    /// what is removed: off for the collector's own runs).
+    pub explain: bool,
 }
 
 /// Something a run removed, or would remove, and the rule that decided.
@@ -137,7 +140,8 @@ impl Registry {
 
     /// What retention (and `untagged`) would remove now, and why; removes nothing.
     pub async fn plan_retention(&self, untagged: Option<Duration>) -> Result<Vec<Decision>, Error> {
-        let options = RunOptions { grace: Duration::ZERO, untagged, retention: true, blobs: false, batch: 500 };
+        let options =
+            RunOptions { grace: Duration::ZERO, untagged, retention: true, blobs: false, batch: 500, explain: true };
         let mut report = Report::default();
         self.manifest_pass(None, &options, &mut report).await?;
         Ok(report.decisions)
@@ -206,6 +210,8 @@ impl Registry {
                 if removed {
                     report.tags += 1;
                     gone.insert(removal.tag.name.clone());
+                }
+                if removed && options.explain {
                     report.decisions.push(Decision {
                         repository: repository.to_string(),
                         what: format!("tag {}", removal.tag.name),
@@ -258,6 +264,8 @@ impl Registry {
             };
             if removed {
                 report.manifests += 1;
+            }
+            if removed && options.explain {
                 report.decisions.push(Decision {
                     repository: repository.to_string(),
                     what: format!("manifest {digest}"),
@@ -420,8 +428,14 @@ impl Registry {
         let m = Metrics::get();
         m.gc_lease_held.set(1);
         let collector = &self.policy.collector;
-        let options =
-            RunOptions { grace: collector.grace, untagged: None, retention: true, blobs: true, batch: collector.batch };
+        let options = RunOptions {
+            grace: collector.grace,
+            untagged: None,
+            retention: true,
+            blobs: true,
+            batch: collector.batch,
+            explain: false,
+        };
         let started = Instant::now();
         let result = self.run_collection(lease, &options).await;
         let seconds = started.elapsed().as_secs_f64();
