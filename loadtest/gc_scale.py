@@ -35,7 +35,7 @@ def main():
     s3 = boto3.client("s3", endpoint_url=S3, aws_access_key_id="test", aws_secret_access_key="test",
                       region_name="us-east-1")
     s3.create_bucket(Bucket=bucket)
-    env = dict(os.environ, BERTH_STORAGE="s3", BERTH_S3_BUCKET=bucket, BERTH_S3_ENDPOINT=S3,
+    env = dict({k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}, BERTH_STORAGE="s3", BERTH_S3_BUCKET=bucket, BERTH_S3_ENDPOINT=S3,
                BERTH_S3_FORCE_PATH_STYLE="true", BERTH_S3_ACCESS_KEY_ID="test", BERTH_S3_SECRET_ACCESS_KEY="test",
                BERTH_DATABASE_URL=url, BERTH_DATA_DIR=f"/tmp/{database}", BERTH_LOG="warn")
     subprocess.run([BERTH, "migrate"], env=env, check=True, capture_output=True)

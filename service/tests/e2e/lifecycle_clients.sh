@@ -22,6 +22,9 @@ trap cleanup EXIT
 ok() { echo "ok: $*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
+# Only the settings written here: a caller's BERTH_* (compose.sh sets BERTH_IMAGE for its
+# compose files) would be refused as unknown, or change what is tested.
+for variable in $(compgen -e | grep '^BERTH_' || true); do unset "$variable"; done
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 registry=127.0.0.1:$port
 cat >"$work/berth.toml" <<EOF
@@ -36,6 +39,7 @@ EOF
 BERTH_CONFIG=$work/berth.toml BERTH_LISTEN=$registry BERTH_DATA_DIR=$work/data "$berth" serve >"$work/berth.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do curl -fs "http://$registry/v2/" >/dev/null && break; sleep 0.1; done
+curl -fs "http://$registry/v2/" >/dev/null || fail "berth serve did not start"
 
 image() { # DIR BYTES: an image FROM scratch with a file of BYTES random bytes
     mkdir -p "$1"

@@ -86,7 +86,7 @@ def main():
                       region_name="us-east-1")
     s3.create_bucket(Bucket=bucket)
     work = tempfile.mkdtemp(prefix="berth-failover.")
-    env = dict(os.environ, BERTH_STORAGE="s3", BERTH_S3_BUCKET=bucket, BERTH_S3_ENDPOINT=S3,
+    env = dict({k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}, BERTH_STORAGE="s3", BERTH_S3_BUCKET=bucket, BERTH_S3_ENDPOINT=S3,
                BERTH_S3_FORCE_PATH_STYLE="true", BERTH_S3_ACCESS_KEY_ID="test", BERTH_S3_SECRET_ACCESS_KEY="test",
                BERTH_DATABASE_URL=url, BERTH_REDIS_URL=os.environ["TEST_REDIS_URL"], BERTH_REDIS_PREFIX=f"fo{suffix}:",
                BERTH_GC_INTERVAL=str(INTERVAL), BERTH_GC_LEASE_TTL=str(TTL), BERTH_GC_GRACE="1",

@@ -299,7 +299,7 @@ namespace = "race/last"
 limit = "1.2MB"
 """)
     db_url = DB_URL.rsplit("/", 1)[0] + "/" + database
-    env = dict(os.environ, BERTH_STORAGE="s3", BERTH_S3_BUCKET=bucket, BERTH_S3_ENDPOINT=S3,
+    env = dict({k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}, BERTH_STORAGE="s3", BERTH_S3_BUCKET=bucket, BERTH_S3_ENDPOINT=S3,
                BERTH_S3_FORCE_PATH_STYLE="true", BERTH_S3_ACCESS_KEY_ID="test", BERTH_S3_SECRET_ACCESS_KEY="test",
                BERTH_DATABASE_URL=db_url, BERTH_REDIS_URL=REDIS, BERTH_REDIS_PREFIX=prefix, BERTH_CONFIG=config,
                BERTH_WORKERS="2")
