@@ -23,6 +23,7 @@ pub mod server;
 pub mod sessions;
 pub mod storage;
 pub mod telemetry;
+pub mod ui;
 
 /// Makes ring the TLS crypto provider of the process (Redis over TLS, JWKS fetches). Idempotent.
 pub fn install_crypto_provider() {

@@ -498,6 +498,20 @@ impl Authorizer {
     pub fn service(&self) -> &str {
         &self.service
     }
+
+    /// What `who` may do in `repository`, for pages that show only what the rules allow
+    /// (everything when authentication is off).
+    pub fn actions(&self, who: &Identity, repository: &RepoName) -> Vec<Action> {
+        match self.mode {
+            Mode::None => vec![Action::Pull, Action::Push, Action::Delete],
+            _ => self.rules.allowed(who, repository),
+        }
+    }
+
+    /// Whether `who` may list the whole catalog.
+    pub fn may_list_catalog(&self, who: &Identity) -> bool {
+        self.mode == Mode::None || self.rules.catalog(who)
+    }
 }
 
 /// The delay before a login of a user with `beyond` failures past the limit: 100 ms, doubled

@@ -229,6 +229,8 @@ pub struct Settings {
     pub fail_fast: bool,
     /// Allow deleting manifests, tags and blobs (`BERTH_DELETE`).
     pub delete: bool,
+    /// Serve the web UI under `/ui/` (`BERTH_UI`).
+    pub ui: bool,
     /// Largest manifest accepted, in bytes (`BERTH_MAX_MANIFEST_SIZE`).
     pub max_manifest_size: usize,
     /// Seconds an upload may receive nothing before it is dropped
@@ -322,6 +324,7 @@ impl Default for Settings {
             trusted_proxies: 1,
             migrate: true,
             fail_fast: false,
+            ui: true,
             delete: policy.delete_enabled,
             max_manifest_size: policy.max_manifest_size,
             upload_idle_timeout: policy.upload_idle_timeout.as_secs(),

@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::{
-    BlobHolders, BlobRecord, Collectable, DeleteBytes, Lease, MetadataError, MetadataStore, NewManifest, Page,
-    PutManifest, Referrer, StoredManifest, TagInfo, Usage,
+    BlobHolders, BlobRecord, Collectable, DeleteBytes, Lease, MetadataError, MetadataStore, NameMatch, NewManifest,
+    Page, PutManifest, Referrer, RepositorySummary, StoredManifest, TagInfo, TagOrder, TagRow, Usage,
 };
 use crate::metrics::{self, Metrics};
 use crate::oci::{Digest, Reference, RepoName, Tag};
@@ -126,6 +126,33 @@ impl MetadataStore for Instrumented {
         delete: &DeleteBytes<'_>,
     ) -> Result<Vec<(Digest, BlobRecord)>, MetadataError> {
         timed(self.kind(), "finish_blob_removals", self.0.finish_blob_removals(lease, digests, delete)).await
+    }
+
+    async fn search_repositories(
+        &self,
+        filter: NameMatch<'_>,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, MetadataError> {
+        timed(self.kind(), "search_repositories", self.0.search_repositories(filter, last, limit)).await
+    }
+
+    async fn repository_summaries(&self, names: &[String]) -> Result<Vec<RepositorySummary>, MetadataError> {
+        timed(self.kind(), "repository_summaries", self.0.repository_summaries(names)).await
+    }
+
+    async fn namespace_size(&self, namespace: &str) -> Result<(u64, u64), MetadataError> {
+        timed(self.kind(), "namespace_size", self.0.namespace_size(namespace)).await
+    }
+
+    async fn tag_page(
+        &self,
+        repository: &RepoName,
+        order: TagOrder,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Option<(Vec<TagRow>, u64)>, MetadataError> {
+        timed(self.kind(), "tag_page", self.0.tag_page(repository, order, offset, limit)).await
     }
 
     async fn tag_infos(&self, repository: &RepoName) -> Result<Vec<TagInfo>, MetadataError> {

@@ -164,6 +164,45 @@ pub struct Referrer {
     pub annotations: Option<String>,
 }
 
+/// What the web UI's catalog shows of a repository.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepositorySummary {
+    pub name: String,
+    pub tags: u64,
+    /// Bytes of the distinct blobs linked to it (what a quota counts).
+    pub bytes: u64,
+    /// The newest manifest stored or tag pushed, in milliseconds since the epoch.
+    pub last_push: Option<i64>,
+}
+
+/// How a repository's catalog search matches names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameMatch<'a> {
+    All,
+    Prefix(&'a str),
+    Contains(&'a str),
+}
+
+/// A tag as the web UI lists it, with its manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagRow {
+    pub name: String,
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// When the tag was last pushed, in milliseconds since the epoch.
+    pub pushed_at: i64,
+    pub payload: Vec<u8>,
+}
+
+/// The order of a repository's tag page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagOrder {
+    /// Newest push first; ties by name.
+    Pushed,
+    Name,
+}
+
 /// One page of a sorted listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Page {
@@ -389,6 +428,31 @@ pub trait MetadataStore: Send + Sync + 'static {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>, MetadataError>;
+
+    /// Repository names matching `filter`, sorted, after `last`, at most `limit`.
+    async fn search_repositories(
+        &self,
+        filter: NameMatch<'_>,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, MetadataError>;
+
+    /// Tag count, size and last push of each named repository that exists, in name order.
+    async fn repository_summaries(&self, names: &[String]) -> Result<Vec<RepositorySummary>, MetadataError>;
+
+    /// Bytes of the distinct blobs linked to the repositories in the namespace (the namespace
+    /// itself and those under `namespace/`), and how many repositories those are.
+    async fn namespace_size(&self, namespace: &str) -> Result<(u64, u64), MetadataError>;
+
+    /// A page of a repository's tags with their manifests, and the number of tags; `None` if the
+    /// repository does not exist.
+    async fn tag_page(
+        &self,
+        repository: &RepoName,
+        order: TagOrder,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Option<(Vec<TagRow>, u64)>, MetadataError>;
 
     async fn ping(&self) -> Result<(), MetadataError>;
 }

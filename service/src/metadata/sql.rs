@@ -10,8 +10,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Connection, Executor, Row, Transaction};
 
 use super::{
-    BlobHolders, BlobRecord, Collectable, DeleteBytes, Lease, MetadataError, MetadataStore, NewManifest, Page,
-    PutManifest, QuotaExceeded, Referrer, StoredManifest, TagInfo, Usage,
+    BlobHolders, BlobRecord, Collectable, DeleteBytes, Lease, MetadataError, MetadataStore, NameMatch, NewManifest,
+    Page, PutManifest, QuotaExceeded, Referrer, RepositorySummary, StoredManifest, TagInfo, TagOrder, TagRow, Usage,
 };
 use crate::oci::{Digest, Reference, RepoName, Tag};
 
@@ -596,6 +596,14 @@ async fn mark_removals(
     }
     Ok(removed)
 }
+
+// A page of a repository's tags with their manifests, for the web UI.
+const TAG_PAGE_BY_PUSH: &str = "SELECT t.name, t.manifest_digest, m.media_type, m.size, t.updated_at, m.payload \
+     FROM tags t JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest \
+     WHERE t.repository_id = $1 ORDER BY t.updated_at DESC, t.name LIMIT $2 OFFSET $3";
+const TAG_PAGE_BY_NAME: &str = "SELECT t.name, t.manifest_digest, m.media_type, m.size, t.updated_at, m.payload \
+     FROM tags t JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest \
+     WHERE t.repository_id = $1 ORDER BY t.name LIMIT $2 OFFSET $3";
 
 // Manifest lookups, with and without the payload: HEAD never loads the bytes.
 const MANIFEST_BY_DIGEST: &str = "SELECT m.digest, m.media_type, m.size, m.payload FROM manifests m \
@@ -1392,6 +1400,136 @@ impl MetadataStore for SqlMetadata {
         .await
         .map_err(db_error)?;
         size_column(&row, 0)
+    }
+
+    async fn search_repositories(
+        &self,
+        filter: NameMatch<'_>,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, MetadataError> {
+        let last = last.unwrap_or("");
+        let rows = match filter {
+            NameMatch::All => return self.list_repositories(Some(last), limit).await,
+            // Every character a name may hold sorts below `~`: the prefix's names are one range.
+            NameMatch::Prefix(prefix) => sqlx::query(
+                "SELECT name FROM repositories WHERE name > $1 AND name >= $2 AND name < $3 ORDER BY name LIMIT $4",
+            )
+            .bind(last)
+            .bind(prefix)
+            .bind(format!("{prefix}~"))
+            .bind(limit_arg(limit)),
+            NameMatch::Contains(part) => {
+                let escaped: String = part
+                    .chars()
+                    .flat_map(|c| if matches!(c, '%' | '_' | '\\') { vec!['\\', c] } else { vec![c] })
+                    .collect();
+                sqlx::query(
+                    "SELECT name FROM repositories WHERE name > $1 AND name LIKE $2 ESCAPE '\\' ORDER BY name LIMIT $3",
+                )
+                .bind(last)
+                .bind(format!("%{escaped}%"))
+                .bind(limit_arg(limit))
+            }
+        }
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db_error)?;
+        page(rows, limit)
+    }
+
+    async fn repository_summaries(&self, names: &[String]) -> Result<Vec<RepositorySummary>, MetadataError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT r.name, \
+             (SELECT count(*) FROM tags t WHERE t.repository_id = r.id), \
+             (SELECT CAST(coalesce(sum(b.size), 0) AS BIGINT) FROM repository_blobs rb \
+              JOIN blobs b ON b.digest = rb.digest WHERE rb.repository_id = r.id), \
+             (SELECT max(t.updated_at) FROM tags t WHERE t.repository_id = r.id), \
+             (SELECT max(m.created_at) FROM manifests m WHERE m.repository_id = r.id) \
+             FROM repositories r WHERE r.name IN ({}) ORDER BY r.name",
+            placeholders(1, names.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for name in names {
+            query = query.bind(name.as_str());
+        }
+        let rows = query.fetch_all(&self.reads).await.map_err(db_error)?;
+        rows.iter()
+            .map(|r| {
+                let (tagged, stored): (Option<i64>, Option<i64>) = (column(r, 3)?, column(r, 4)?);
+                Ok(RepositorySummary {
+                    name: column(r, 0)?,
+                    tags: size_column(r, 1)?,
+                    bytes: size_column(r, 2)?,
+                    last_push: tagged.max(stored),
+                })
+            })
+            .collect()
+    }
+
+    async fn namespace_size(&self, namespace: &str) -> Result<(u64, u64), MetadataError> {
+        // The namespace itself, and the range of names under `namespace/` (`0` follows `/`).
+        let (under, beyond) = if namespace.is_empty() {
+            (String::new(), "~".to_owned())
+        } else {
+            (format!("{namespace}/"), format!("{namespace}0"))
+        };
+        let row = sqlx::query(
+            "SELECT (SELECT CAST(coalesce(sum(b.size), 0) AS BIGINT) FROM blobs b WHERE b.digest IN \
+             (SELECT rb.digest FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+              WHERE r.name = $1 OR (r.name > $2 AND r.name < $3))), \
+             (SELECT count(*) FROM repositories WHERE name = $1 OR (name > $2 AND name < $3))",
+        )
+        .bind(namespace)
+        .bind(under)
+        .bind(beyond)
+        .fetch_one(&self.reads)
+        .await
+        .map_err(db_error)?;
+        Ok((size_column(&row, 0)?, size_column(&row, 1)?))
+    }
+
+    async fn tag_page(
+        &self,
+        repository: &RepoName,
+        order: TagOrder,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Option<(Vec<TagRow>, u64)>, MetadataError> {
+        let Some(id) = existing_repository_id(&self.reads, repository).await? else { return Ok(None) };
+        let total = sqlx::query("SELECT count(*) FROM tags WHERE repository_id = $1")
+            .bind(id)
+            .fetch_one(&self.reads)
+            .await
+            .map_err(db_error)?;
+        let sql = match order {
+            TagOrder::Pushed => TAG_PAGE_BY_PUSH,
+            TagOrder::Name => TAG_PAGE_BY_NAME,
+        };
+        let rows = sqlx::query(sql)
+            .bind(id)
+            .bind(i64::from(limit))
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+            .fetch_all(&self.reads)
+            .await
+            .map_err(db_error)?;
+        let tags = rows
+            .iter()
+            .map(|r| {
+                Ok(TagRow {
+                    name: column(r, 0)?,
+                    digest: digest_column(r, 1)?,
+                    media_type: column(r, 2)?,
+                    size: size_column(r, 3)?,
+                    pushed_at: column(r, 4)?,
+                    payload: column(r, 5)?,
+                })
+            })
+            .collect::<Result<Vec<_>, MetadataError>>()?;
+        Ok(Some((tags, size_column(&total, 0)?)))
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {

@@ -5,6 +5,7 @@
 //! and no port sees another.
 
 mod blobs;
+pub mod browse;
 mod error;
 mod health;
 pub mod janitor;

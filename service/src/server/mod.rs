@@ -151,8 +151,16 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Running, Server)> {
         );
     }
     let token = settings.metrics_token.clone();
+    let ui = settings.ui;
     let mut server = HttpServer::new(move || {
-        let app = App::new().app_data(state.clone()).wrap_fn(api::observe::request).configure(api::configure);
+        let app =
+            App::new().app_data(state.clone()).wrap_fn(api::observe::request).configure(api::configure).configure(
+                |cfg| {
+                    if ui {
+                        crate::ui::configure(cfg)
+                    }
+                },
+            );
         if metrics_on_api { app.route("/metrics", api::observe::metrics_route(token.clone())) } else { app }
     })
     .listen(listener)?

@@ -26,4 +26,5 @@ mod observability;
 mod s3;
 mod shared;
 mod storage_full;
+mod ui;
 mod uploads;

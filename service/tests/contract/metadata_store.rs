@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use berth::metadata::{
-    BlobRecord, Collectable, DeleteBytes, MetadataError, MetadataStore, NewManifest, Page, PutManifest, QuotaExceeded,
+    BlobRecord, Collectable, DeleteBytes, MetadataError, MetadataStore, NameMatch, NewManifest, Page, PutManifest,
+    QuotaExceeded, TagOrder,
 };
 use berth::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
@@ -493,6 +494,54 @@ pub async fn retention_sees_push_and_pull_times(store: Arc<dyn MetadataStore>) {
     assert_eq!(store.tags_of(&r, &m.digest).await.unwrap(), vec![tag("b")]);
 }
 
+pub async fn the_ui_searches_summarises_and_pages_tags(store: Arc<dyn MetadataStore>) {
+    let names = ["lib/app", "lib/app-db", "lib_x/app", "libx", "other/lib", "lib"];
+    for (i, name) in names.iter().enumerate() {
+        store.link_blob(&repo(name), &digest("shared"), &blob(100)).await.unwrap();
+        store.link_blob(&repo(name), &digest(name), &blob(i as u64 + 1)).await.unwrap();
+    }
+    let items = |page: Page| page.items;
+    let search = |filter, last, limit| {
+        let store = store.clone();
+        async move { items(store.search_repositories(filter, last, limit).await.unwrap()) }
+    };
+    assert_eq!(search(NameMatch::Prefix("lib/"), None, 10).await, ["lib/app", "lib/app-db"]);
+    assert_eq!(search(NameMatch::Prefix("lib"), Some("lib/app-db"), 10).await, ["lib_x/app", "libx"]);
+    // `_` and `%` are characters, not wildcards.
+    assert_eq!(search(NameMatch::Contains("_"), None, 10).await, ["lib_x/app"]);
+    assert!(search(NameMatch::Contains("%"), None, 10).await.is_empty());
+    assert_eq!(search(NameMatch::Contains("app"), None, 2).await, ["lib/app", "lib/app-db"]);
+    assert_eq!(search(NameMatch::Contains("app"), Some("lib/app-db"), 2).await, ["lib_x/app"]);
+    assert_eq!(search(NameMatch::All, Some("libx"), 10).await, ["other/lib"]);
+
+    // A manifest with two tags, pushed one after the other.
+    let m = manifest("lib/app", "m", vec![(digest("lib/app"), 1)]);
+    store.put_manifest(&m, &[tag("b")], &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.put_manifest(&m, &[tag("a")], &[]).await.unwrap();
+    let wanted = ["lib/app".to_owned(), "libx".to_owned(), "missing".to_owned()];
+    let summaries = store.repository_summaries(&wanted).await.unwrap();
+    assert_eq!(summaries.len(), 2, "a missing repository has no summary");
+    assert_eq!((summaries[0].name.as_str(), summaries[0].tags, summaries[0].bytes), ("lib/app", 2, 101));
+    assert!(summaries[0].last_push.is_some());
+    assert_eq!(
+        (summaries[1].name.as_str(), summaries[1].tags, summaries[1].bytes, summaries[1].last_push),
+        ("libx", 0, 104, None)
+    );
+    // Distinct blobs: the shared one once.
+    assert_eq!(store.namespace_size("lib").await.unwrap(), (100 + 6 + 1 + 2, 3));
+    assert_eq!(store.namespace_size("").await.unwrap(), (100 + 21, 6));
+    assert_eq!(store.namespace_size("nothing").await.unwrap(), (0, 0));
+
+    let (page, total) = store.tag_page(&repo("lib/app"), TagOrder::Pushed, 0, 10).await.unwrap().unwrap();
+    assert_eq!(total, 2);
+    assert_eq!(page.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["a", "b"], "newest push first");
+    assert_eq!((page[0].digest.clone(), page[0].payload.as_slice(), page[0].size), (m.digest.clone(), &b"m"[..], 1));
+    let (page, _) = store.tag_page(&repo("lib/app"), TagOrder::Name, 1, 10).await.unwrap().unwrap();
+    assert_eq!(page.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["b"], "an offset skips");
+    assert_eq!(store.tag_page(&repo("missing"), TagOrder::Name, 0, 10).await.unwrap(), None);
+}
+
 async fn sqlite() -> (Arc<dyn MetadataStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
@@ -520,6 +569,7 @@ macro_rules! metadata_store_contract {
                 a_fixed_tag_never_moves,
                 quota_usage_counts_distinct_blobs_exactly,
                 retention_sees_push_and_pull_times,
+                the_ui_searches_summarises_and_pages_tags,
             ]
         );
     };

@@ -1,0 +1,122 @@
+//! What the web UI reads: catalog pages with summaries, tag pages, manifests and small blobs,
+//! without counting any of it as a pull.
+
+use super::{Error, Registry};
+use crate::metadata::{NameMatch, RepositorySummary, StoredManifest, TagOrder, TagRow};
+use crate::oci::{Digest, Reference, RepoName};
+
+/// A page of the catalog: the repositories shown, and where the next page starts.
+pub struct CatalogPage {
+    pub repositories: Vec<RepositorySummary>,
+    pub next: Option<String>,
+}
+
+/// Names read from the store per query while filling a page of visible repositories.
+const SCAN: u32 = 500;
+/// Queries per page at most: a user who may see few of many repositories gets a shorter page
+/// and a link to go on.
+const SCANS: usize = 20;
+
+impl Registry {
+    /// Up to `limit` repositories that match `filter` and that `visible` lets through, after
+    /// `after`, with their summaries.
+    pub async fn browse_repositories(
+        &self,
+        filter: NameMatch<'_>,
+        after: Option<&str>,
+        limit: u32,
+        visible: impl Fn(&str) -> bool,
+    ) -> Result<CatalogPage, Error> {
+        let mut names = Vec::new();
+        let mut last = after.map(str::to_owned);
+        let mut next = None;
+        for _ in 0..SCANS {
+            let page = self.metadata.search_repositories(filter, last.as_deref(), SCAN.max(limit)).await?;
+            for name in &page.items {
+                if names.len() == limit as usize {
+                    next = names.last().cloned();
+                    break;
+                }
+                if visible(name) {
+                    names.push(name.clone());
+                }
+            }
+            last = page.items.last().cloned();
+            if next.is_some() || !page.more {
+                break;
+            }
+            if names.len() < limit as usize {
+                // The scan budget ends here: the next page starts after the last name read.
+                next = last.clone();
+            }
+        }
+        if names.len() < limit as usize && next.as_deref() == last.as_deref() {
+            // Whether anything follows the last name read.
+            let more = self.metadata.search_repositories(filter, last.as_deref(), 1).await?;
+            if more.items.is_empty() {
+                next = None;
+            }
+        }
+        let repositories = self.metadata.repository_summaries(&names).await?;
+        Ok(CatalogPage { repositories, next })
+    }
+
+    /// Bytes and count of the repositories in a namespace.
+    pub async fn namespace_size(&self, namespace: &str) -> Result<(u64, u64), Error> {
+        Ok(self.metadata.namespace_size(namespace).await?)
+    }
+
+    /// A repository's summary, `NameUnknown` if it does not exist.
+    pub async fn repository_summary(&self, repository: &RepoName) -> Result<RepositorySummary, Error> {
+        let names = [repository.as_str().to_owned()];
+        self.metadata.repository_summaries(&names).await?.into_iter().next().ok_or(Error::NameUnknown)
+    }
+
+    /// A page of tags with their manifests, and how many tags there are.
+    pub async fn tag_page(
+        &self,
+        repository: &RepoName,
+        order: TagOrder,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<TagRow>, u64), Error> {
+        self.metadata.tag_page(repository, order, offset, limit).await?.ok_or(Error::NameUnknown)
+    }
+
+    /// A manifest with its payload, not counted as a pull (retention's `keep_pulled_within`
+    /// is about clients, not people browsing).
+    pub async fn inspect_manifest(
+        &self,
+        repository: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest, Error> {
+        self.metadata.get_manifest(repository, reference, true).await?.ok_or(Error::ManifestUnknown)
+    }
+
+    /// The tags pointing at a manifest.
+    pub async fn tags_of(&self, repository: &RepoName, digest: &Digest) -> Result<Vec<crate::oci::Tag>, Error> {
+        Ok(self.metadata.tags_of(repository, digest).await?)
+    }
+
+    /// A blob's bytes when it is at most `max` bytes long (an image config); `None` if larger.
+    pub async fn small_blob(&self, repository: &RepoName, digest: &Digest, max: u64) -> Result<Option<Vec<u8>>, Error> {
+        use futures_util::StreamExt;
+        let blob = self.metadata.blob_in_repository(repository, digest).await?.ok_or(Error::BlobUnknown)?;
+        if blob.size > max {
+            return Ok(None);
+        }
+        if blob.size == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let whole = crate::storage::ByteRange { start: 0, end: blob.size - 1 };
+        let mut body = self.blobs.get(digest, blob.location.as_deref(), Some(whole)).await?;
+        let mut bytes = Vec::with_capacity(blob.size as usize);
+        while let Some(piece) = body.next().await {
+            bytes.extend_from_slice(&piece.map_err(|e| Error::Internal(e.to_string()))?);
+            if bytes.len() as u64 > max {
+                return Ok(None);
+            }
+        }
+        Ok(Some(bytes))
+    }
+}
