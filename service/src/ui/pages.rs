@@ -200,7 +200,7 @@ pub fn repository(view: &RepositoryView<'_>) -> Markup {
         html! {
             h1 { (Shown(name)) }
             p.facts {
-                (view.summary.tags) " tags · " (bytes(view.summary.bytes)) " of distinct blobs"
+                (view.summary.tags) (if view.summary.tags == 1 { " tag · " } else { " tags · " }) (bytes(view.summary.bytes)) " of distinct blobs"
                 @if let Some(t) = view.summary.last_push { " · last push " (when(t)) }
             }
             p.sort {
