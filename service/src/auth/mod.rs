@@ -508,9 +508,9 @@ impl Authorizer {
         }
     }
 
-    /// Whether `who` may list the whole catalog.
-    pub fn may_list_catalog(&self, who: &Identity) -> bool {
-        self.mode == Mode::None || self.rules.catalog(who)
+    /// `BERTH_EXTERNAL_URL`, without a trailing `/`.
+    pub fn external_url(&self) -> Option<&str> {
+        self.external_url.as_deref()
     }
 }
 

@@ -29,41 +29,30 @@ impl Registry {
     ) -> Result<CatalogPage, Error> {
         let mut names = Vec::new();
         let mut last = after.map(str::to_owned);
-        let mut next = None;
         for _ in 0..SCANS {
             let page = self.metadata.search_repositories(filter, last.as_deref(), SCAN.max(limit)).await?;
-            for name in &page.items {
+            for name in page.items {
                 if names.len() == limit as usize {
-                    next = names.last().cloned();
-                    break;
+                    // More follow: the next page starts after the last name shown.
+                    let next = names.last().cloned();
+                    return self.catalog_page(names, next).await;
                 }
-                if visible(name) {
+                if visible(&name) {
                     names.push(name.clone());
                 }
+                last = Some(name);
             }
-            last = page.items.last().cloned();
-            if next.is_some() || !page.more {
-                break;
-            }
-            if names.len() < limit as usize {
-                // The scan budget ends here: the next page starts after the last name read.
-                next = last.clone();
+            if !page.more {
+                return self.catalog_page(names, None).await;
             }
         }
-        if names.len() < limit as usize && next.as_deref() == last.as_deref() {
-            // Whether anything follows the last name read.
-            let more = self.metadata.search_repositories(filter, last.as_deref(), 1).await?;
-            if more.items.is_empty() {
-                next = None;
-            }
-        }
-        let repositories = self.metadata.repository_summaries(&names).await?;
-        Ok(CatalogPage { repositories, next })
+        // The scan budget ends here: the next page starts after the last name read.
+        self.catalog_page(names, last).await
     }
 
-    /// Bytes and count of the repositories in a namespace.
-    pub async fn namespace_size(&self, namespace: &str) -> Result<(u64, u64), Error> {
-        Ok(self.metadata.namespace_size(namespace).await?)
+    async fn catalog_page(&self, names: Vec<String>, next: Option<String>) -> Result<CatalogPage, Error> {
+        let repositories = self.metadata.repository_summaries(&names).await?;
+        Ok(CatalogPage { repositories, next })
     }
 
     /// A repository's summary, `NameUnknown` if it does not exist.

@@ -2,7 +2,7 @@
 //! user pushed (names, tags, labels, annotations, env, history) go through [`Shown`], which
 //! also makes direction overrides and control characters visible instead of obeying them.
 
-use maud::{DOCTYPE, Markup, PreEscaped, Render, html};
+use maud::{DOCTYPE, Markup, Render, html};
 
 use super::oci::{self, ImageConfig, Manifest};
 use crate::metadata::{Referrer, RepositorySummary, StoredManifest, TagRow};
@@ -406,6 +406,5 @@ fn referrers(repository: &str, referrers: &[Referrer]) -> Markup {
                 }
             }
         }
-        (PreEscaped(""))
     }
 }
