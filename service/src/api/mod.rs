@@ -31,6 +31,8 @@ pub struct AppState {
     pub auth: Authorizer,
     /// Which forwarded headers to believe, for the client's address and origin.
     pub proxies: forwarded::Proxies,
+    /// `BERTH_EXTERNAL_URL`: where clients reach Berth, whatever the authentication mode.
+    pub external_url: Option<String>,
 }
 
 type State = web::Data<AppState>;

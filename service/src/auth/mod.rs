@@ -507,11 +507,6 @@ impl Authorizer {
             _ => self.rules.allowed(who, repository),
         }
     }
-
-    /// `BERTH_EXTERNAL_URL`, without a trailing `/`.
-    pub fn external_url(&self) -> Option<&str> {
-        self.external_url.as_deref()
-    }
 }
 
 /// The delay before a login of a user with `beyond` failures past the limit: 100 ms, doubled

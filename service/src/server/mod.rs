@@ -140,7 +140,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Running, Server)> {
             if settings.trust_forwarded == crate::config::TrustForwarded::None { "" } else { " and forwarded headers" }
         );
     }
-    let state = web::Data::new(AppState { registry: registry.clone(), auth, proxies: settings.proxies() });
+    let state = web::Data::new(AppState {
+        registry: registry.clone(),
+        auth,
+        proxies: settings.proxies(),
+        external_url: settings.external_url.clone(),
+    });
     // Metrics say much about a registry (its traffic, its backends): on the API's address they
     // are public only while everything is (no authentication), or behind a token.
     let metrics_on_api = settings.metrics_listen.is_none() && (auth_off(settings) || settings.metrics_token.is_some());

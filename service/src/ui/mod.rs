@@ -71,7 +71,10 @@ fn may_pull(state: &AppState, who: &Identity, name: &str) -> bool {
 
 /// Where clients pull from: the external URL's host, else the host this page was asked for.
 fn registry_host(state: &AppState, req: &HttpRequest) -> String {
-    let origin = state.proxies.origin(req).origin;
+    let origin = match &state.external_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => state.proxies.origin(req).origin,
+    };
     origin.split_once("://").map_or(origin.clone(), |(_, host)| host.to_owned())
 }
 

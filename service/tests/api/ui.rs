@@ -216,3 +216,11 @@ async fn the_catalog_pages_through_many_repositories() {
     assert!(second.contains("/ui/r/many/r50\"") && second.contains("/ui/r/many/r52\"") && !second.contains("r49\""));
     assert!(!second.contains("rel=\"next\""), "the last page links no further");
 }
+
+#[tokio::test]
+async fn pull_commands_name_the_external_url_when_one_is_set() {
+    let app = spawn_with(|s| s.external_url = Some("https://registry.example.com/".into())).await;
+    app.push_image("team/app", "v1", "seed").await;
+    let (_, body) = page(&app, "/ui/r/team/app").await;
+    assert!(body.contains("docker pull registry.example.com/team/app:v1"), "{body}");
+}
