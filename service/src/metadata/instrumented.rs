@@ -151,7 +151,7 @@ impl MetadataStore for Instrumented {
         order: TagOrder,
         offset: u64,
         limit: u32,
-    ) -> Result<Option<(Vec<TagRow>, u64)>, MetadataError> {
+    ) -> Result<Option<Vec<TagRow>>, MetadataError> {
         timed(self.kind(), "tag_page", self.0.tag_page(repository, order, offset, limit)).await
     }
 

@@ -444,15 +444,15 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// itself and those under `namespace/`), and how many repositories those are.
     async fn namespace_size(&self, namespace: &str) -> Result<(u64, u64), MetadataError>;
 
-    /// A page of a repository's tags with their manifests, and the number of tags; `None` if the
-    /// repository does not exist.
+    /// A page of a repository's tags with their manifests (the summary counts them); `None` if
+    /// the repository does not exist.
     async fn tag_page(
         &self,
         repository: &RepoName,
         order: TagOrder,
         offset: u64,
         limit: u32,
-    ) -> Result<Option<(Vec<TagRow>, u64)>, MetadataError>;
+    ) -> Result<Option<Vec<TagRow>>, MetadataError>;
 
     async fn ping(&self) -> Result<(), MetadataError>;
 }

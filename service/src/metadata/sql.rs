@@ -1498,13 +1498,8 @@ impl MetadataStore for SqlMetadata {
         order: TagOrder,
         offset: u64,
         limit: u32,
-    ) -> Result<Option<(Vec<TagRow>, u64)>, MetadataError> {
+    ) -> Result<Option<Vec<TagRow>>, MetadataError> {
         let Some(id) = existing_repository_id(&self.reads, repository).await? else { return Ok(None) };
-        let total = sqlx::query("SELECT count(*) FROM tags WHERE repository_id = $1")
-            .bind(id)
-            .fetch_one(&self.reads)
-            .await
-            .map_err(db_error)?;
         let sql = match order {
             TagOrder::Pushed => TAG_PAGE_BY_PUSH,
             TagOrder::Name => TAG_PAGE_BY_NAME,
@@ -1529,7 +1524,7 @@ impl MetadataStore for SqlMetadata {
                 })
             })
             .collect::<Result<Vec<_>, MetadataError>>()?;
-        Ok(Some((tags, size_column(&total, 0)?)))
+        Ok(Some(tags))
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {

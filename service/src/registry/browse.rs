@@ -61,14 +61,14 @@ impl Registry {
         self.metadata.repository_summaries(&names).await?.into_iter().next().ok_or(Error::NameUnknown)
     }
 
-    /// A page of tags with their manifests, and how many tags there are.
+    /// A page of tags with their manifests.
     pub async fn tag_page(
         &self,
         repository: &RepoName,
         order: TagOrder,
         offset: u64,
         limit: u32,
-    ) -> Result<(Vec<TagRow>, u64), Error> {
+    ) -> Result<Vec<TagRow>, Error> {
         self.metadata.tag_page(repository, order, offset, limit).await?.ok_or(Error::NameUnknown)
     }
 

@@ -157,7 +157,7 @@ async fn repository_page(state: &AppState, req: &HttpRequest, repository: &RepoN
     let order = if query_value(req, "sort").as_deref() == Some("name") { TagOrder::Name } else { TagOrder::Pushed };
     let page: u64 = query_value(req, "page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
     let summary = state.registry.repository_summary(repository).await?;
-    let (rows, total) = state.registry.tag_page(repository, order, (page - 1) * u64::from(PAGE), PAGE).await?;
+    let rows = state.registry.tag_page(repository, order, (page - 1) * u64::from(PAGE), PAGE).await?;
     let mut tags = Vec::with_capacity(rows.len());
     for row in rows {
         let manifest = oci::Manifest::parse(&row.payload).unwrap_or_default();
@@ -182,7 +182,6 @@ async fn repository_page(state: &AppState, req: &HttpRequest, repository: &RepoN
         summary: &summary,
         tags: &tags,
         immutable: &immutable,
-        total,
         page,
         per_page: u64::from(PAGE),
         by_name: order == TagOrder::Name,

@@ -174,7 +174,6 @@ pub struct RepositoryView<'a> {
     pub summary: &'a RepositorySummary,
     pub tags: &'a [TagView],
     pub immutable: &'a [bool],
-    pub total: u64,
     pub page: u64,
     pub per_page: u64,
     pub by_name: bool,
@@ -192,7 +191,7 @@ fn copy(command: &str) -> Markup {
 
 pub fn repository(view: &RepositoryView<'_>) -> Markup {
     let name = view.repository.as_str();
-    let pages = view.total.div_ceil(view.per_page).max(1);
+    let pages = view.summary.tags.div_ceil(view.per_page).max(1);
     let sort = if view.by_name { "name" } else { "pushed" };
     layout(
         name,

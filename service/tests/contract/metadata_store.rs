@@ -533,11 +533,11 @@ pub async fn the_ui_searches_summarises_and_pages_tags(store: Arc<dyn MetadataSt
     assert_eq!(store.namespace_size("").await.unwrap(), (100 + 21, 6));
     assert_eq!(store.namespace_size("nothing").await.unwrap(), (0, 0));
 
-    let (page, total) = store.tag_page(&repo("lib/app"), TagOrder::Pushed, 0, 10).await.unwrap().unwrap();
-    assert_eq!(total, 2);
+    let page = store.tag_page(&repo("lib/app"), TagOrder::Pushed, 0, 10).await.unwrap().unwrap();
+    assert_eq!(page.len(), 2);
     assert_eq!(page.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["a", "b"], "newest push first");
     assert_eq!((page[0].digest.clone(), page[0].payload.as_slice(), page[0].size), (m.digest.clone(), &b"m"[..], 1));
-    let (page, _) = store.tag_page(&repo("lib/app"), TagOrder::Name, 1, 10).await.unwrap().unwrap();
+    let page = store.tag_page(&repo("lib/app"), TagOrder::Name, 1, 10).await.unwrap().unwrap();
     assert_eq!(page.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["b"], "an offset skips");
     assert_eq!(store.tag_page(&repo("missing"), TagOrder::Name, 0, 10).await.unwrap(), None);
 }
