@@ -33,6 +33,8 @@ pub struct AppState {
     pub proxies: forwarded::Proxies,
     /// `BERTH_EXTERNAL_URL`: where clients reach Berth, whatever the authentication mode.
     pub external_url: Option<String>,
+    /// What the web UI signs its sign-in cookies and CSRF tokens with.
+    pub ui_sessions: std::sync::Arc<crate::ui::SessionKeys>,
 }
 
 type State = web::Data<AppState>;

@@ -231,6 +231,13 @@ pub struct Settings {
     pub delete: bool,
     /// Serve the web UI under `/ui/` (`BERTH_UI`).
     pub ui: bool,
+    /// Secret the web UI signs sign-in cookies and CSRF tokens with, at least 32 characters;
+    /// replicas that share it accept each other's sessions. Token mode derives one from the
+    /// token signing key when unset; otherwise a key of the process is made at start
+    /// (`BERTH_UI_SESSION_KEY`).
+    pub ui_session_key: Option<Secret>,
+    /// Seconds a web UI sign-in lasts (`BERTH_UI_SESSION_TTL`).
+    pub ui_session_ttl: u64,
     /// Largest manifest accepted, in bytes (`BERTH_MAX_MANIFEST_SIZE`).
     pub max_manifest_size: usize,
     /// Seconds an upload may receive nothing before it is dropped
@@ -325,6 +332,8 @@ impl Default for Settings {
             migrate: true,
             fail_fast: false,
             ui: true,
+            ui_session_key: None,
+            ui_session_ttl: 12 * 3600,
             delete: policy.delete_enabled,
             max_manifest_size: policy.max_manifest_size,
             upload_idle_timeout: policy.upload_idle_timeout.as_secs(),
@@ -425,6 +434,7 @@ impl Settings {
         shown.s3_secret_access_key = shown.s3_secret_access_key.map(|_| Secret::new("***"));
         shown.redis_url = shown.redis_url.map(|url| Secret::new(mask_url_password(url.expose())));
         shown.metrics_token = shown.metrics_token.map(|_| Secret::new("***"));
+        shown.ui_session_key = shown.ui_session_key.map(|_| Secret::new("***"));
         shown
     }
 
@@ -471,6 +481,7 @@ impl Settings {
             ("BERTH_TOKEN_TTL", self.token_ttl, YEAR),
             ("BERTH_LOGIN_FAILURE_WINDOW", self.login_failure_window, YEAR),
             ("BERTH_S3_PRESIGN_EXPIRY", self.s3_presign_expiry, 7 * 24 * 3600),
+            ("BERTH_UI_SESSION_TTL", self.ui_session_ttl, YEAR),
         ];
         for (name, value, max) in durations {
             if !(1..=max).contains(&value) {
@@ -497,6 +508,9 @@ impl Settings {
         }
         if self.trusted_proxies == 0 {
             return Err("BERTH_TRUSTED_PROXIES must be at least 1: the proxy that sets the forwarded headers".into());
+        }
+        if self.ui_session_key.as_ref().is_some_and(|k| k.expose().chars().count() < 32) {
+            return Err("BERTH_UI_SESSION_KEY must be at least 32 characters (e.g. `openssl rand -hex 32`)".into());
         }
         if self.s3_read_concurrency == 0 {
             return Err("BERTH_S3_READ_CONCURRENCY must be at least 1".into());

@@ -108,4 +108,27 @@ impl Registry {
         }
         Ok(Some(bytes))
     }
+
+    /// Bytes of distinct blobs, and repositories, in `namespace` and under it.
+    pub async fn namespace_size(&self, namespace: &str) -> Result<(u64, u64), Error> {
+        Ok(self.metadata.namespace_size(namespace).await?)
+    }
+
+    /// The tags of `repository` its `[[retention]]` rule would remove now, each with the
+    /// reason, as `berth retention --dry-run` gives them (pulls not yet flushed aside).
+    pub async fn retention_marks(
+        &self,
+        repository: &RepoName,
+    ) -> Result<std::collections::HashMap<String, String>, Error> {
+        let rules = self.lifecycle();
+        let Some(rule) = rules.retention_for(repository.as_str()) else { return Ok(Default::default()) };
+        let tags = self.metadata.tag_infos(repository).await?;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let protected = |tag: &str| rules.forbids_delete(repository.as_str(), tag).is_some();
+        Ok(super::lifecycle::rules::tags_to_remove(rule, &tags, now, protected)
+            .into_iter()
+            .map(|r| (r.tag.name, r.reason))
+            .collect())
+    }
 }

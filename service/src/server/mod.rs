@@ -77,6 +77,31 @@ pub async fn build_authorizer(settings: &Settings) -> anyhow::Result<Authorizer>
     Ok(Authorizer::new(mode, users, rules, tokens, limits, settings.external_url.clone(), settings.service.clone()))
 }
 
+/// The key the web UI signs sign-ins with: `BERTH_UI_SESSION_KEY`, else (token mode) one
+/// derived from the token signing key, which replicas share already, else one of this process.
+fn ui_session_keys(settings: &Settings, mode: Mode) -> anyhow::Result<std::sync::Arc<crate::ui::SessionKeys>> {
+    let ttl = Duration::from_secs(settings.ui_session_ttl);
+    let keys = match &settings.ui_session_key {
+        Some(secret) => crate::ui::SessionKeys::derived(secret.expose().as_bytes(), ttl),
+        None if mode == Mode::Token => {
+            let keys =
+                token::load_keys(settings.token_key.as_deref(), &settings.data_dir).context("BERTH_TOKEN_KEY")?;
+            crate::ui::SessionKeys::derived(keys.first().map_or(&[][..], Vec::as_slice), ttl)
+        }
+        None => {
+            if settings.ui && mode != Mode::None && settings.redis_url.is_some() {
+                // Redis means replicas; a key per process is a sign-in per replica.
+                tracing::warn!(
+                    "web UI sign-ins are signed with a key of this process: set BERTH_UI_SESSION_KEY so that \
+                     every replica accepts them and they outlive a restart"
+                );
+            }
+            crate::ui::SessionKeys::random(ttl)
+        }
+    };
+    Ok(std::sync::Arc::new(keys))
+}
+
 /// The external issuer's keys: fetched when `source` is a URL, read when it is a file.
 async fn trusted_keys(source: &str) -> anyhow::Result<Vec<u8>> {
     if source.starts_with("https://") || source.starts_with("http://") {
@@ -140,11 +165,13 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Running, Server)> {
             if settings.trust_forwarded == crate::config::TrustForwarded::None { "" } else { " and forwarded headers" }
         );
     }
+    let ui_sessions = ui_session_keys(settings, auth.mode())?;
     let state = web::Data::new(AppState {
         registry: registry.clone(),
         auth,
         proxies: settings.proxies(),
         external_url: settings.external_url.clone(),
+        ui_sessions,
     });
     // Metrics say much about a registry (its traffic, its backends): on the API's address they
     // are public only while everything is (no authentication), or behind a token.

@@ -1,22 +1,29 @@
 //! The built-in web UI under `/ui/`: server-rendered HTML (every page reads without
-//! JavaScript), assets embedded in the binary, the API's access rules.
+//! JavaScript), assets embedded in the binary, the API's users and access rules.
 //!
-//! This first part is read-only: the catalog, a repository's tags and a manifest or index with
-//! its config, layers, history and referrers. Pages show what the anonymous rules let anyone
-//! pull (everything when authentication is off).
+//! Pages show what the visitor may pull: a signed-in user by the rules for them, anyone else
+//! by the anonymous rules (everything when authentication is off). Deleting needs the `delete`
+//! action and goes through a confirmation page. Every POST must come from a page of this
+//! registry (its `Origin`) and, but for the sign-in form, carry the CSRF token of the
+//! visitor's session.
 
+mod manage;
 mod oci;
 mod pages;
+mod session;
+
+pub use session::SessionKeys;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::api::AppState;
-use crate::auth::{Action, Identity};
+use crate::auth::{Action, Identity, Mode};
 use crate::metadata::{NameMatch, TagOrder};
 use crate::oci::{Digest, Reference, RepoName};
 use crate::registry::Error;
+use session::Session;
 
 type State = web::Data<AppState>;
 
@@ -41,7 +48,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/", web::get().to(catalog))
         .route("/assets/{file}", web::get().to(asset))
+        .route("/login", web::get().to(manage::login_form))
+        .route("/login", web::post().to(manage::login))
+        .route("/logout", web::post().to(manage::logout))
+        .route("/usage", web::get().to(manage::usage))
         .route("/r/{path:.*}", web::get().to(repository_path))
+        .route("/r/{path:.*}", web::post().to(manage::repository_post))
         .default_service(web::to(|| async { page_error(&Error::NameUnknown) }));
     cfg.route("/", web::get().to(to_ui)).route("/ui", web::get().to(to_ui)).service(ui);
 }
@@ -59,14 +71,63 @@ async fn asset(file: web::Path<String>) -> HttpResponse {
     HttpResponse::Ok().content_type(kind).insert_header((header::CACHE_CONTROL, "public, max-age=3600")).body(body)
 }
 
-/// Who is browsing. Sign-in is not built yet: with authentication on, pages follow the
-/// anonymous rules.
-fn visitor() -> Identity {
-    Identity::Anonymous
+/// Who is browsing, and the session their forms are bound to.
+struct Visitor {
+    who: Identity,
+    /// A signed-in user's session, or an anonymous visitor's (made for a form's CSRF token).
+    session: Option<Session>,
+}
+
+impl Visitor {
+    fn user(&self) -> Option<&str> {
+        match &self.who {
+            Identity::User(name) => Some(name),
+            Identity::Anonymous => None,
+        }
+    }
+}
+
+/// The visitor a request's session cookie names: a user while the cookie verifies, has not
+/// expired and names a user the htpasswd file still holds; anonymous otherwise.
+fn visitor(state: &AppState, req: &HttpRequest) -> Visitor {
+    let session = manage::cookie(req, session::COOKIE).and_then(|v| state.ui_sessions.open(&v));
+    let user = session
+        .as_ref()
+        .map(|s| s.user.as_str())
+        .filter(|u| !u.is_empty() && state.auth.mode() != Mode::None && state.auth.user_exists(u));
+    match user {
+        Some(user) => Visitor { who: Identity::User(user.to_owned()), session },
+        // A session of a user who is gone is no session; an anonymous one stays one.
+        None => Visitor { who: Identity::Anonymous, session: session.filter(|s| s.user.is_empty()) },
+    }
+}
+
+fn may(state: &AppState, who: &Identity, name: &str, action: Action) -> bool {
+    name.parse::<RepoName>().is_ok_and(|n| state.auth.actions(who, &n).contains(&action))
 }
 
 fn may_pull(state: &AppState, who: &Identity, name: &str) -> bool {
-    name.parse::<RepoName>().is_ok_and(|n| state.auth.actions(who, &n).contains(&Action::Pull))
+    may(state, who, name, Action::Pull)
+}
+
+/// Whether `who` may delete in `repository` here: the rules allow it and deletes are on.
+fn may_delete(state: &AppState, who: &Identity, repository: &RepoName) -> bool {
+    state.registry.policy().delete_enabled && may(state, who, repository.as_str(), Action::Delete)
+}
+
+/// Whether `who` sees storage usage: a signed-in user, or anyone while authentication is off.
+fn sees_usage(state: &AppState, who: &Identity) -> bool {
+    state.auth.mode() == Mode::None || matches!(who, Identity::User(_))
+}
+
+/// What the header of every page shows of the visitor.
+fn nav(state: &AppState, visitor: &Visitor) -> pages::Nav {
+    pages::Nav {
+        user: visitor.user().map(str::to_owned),
+        csrf: visitor.session.as_ref().map(|s| state.ui_sessions.csrf(s)),
+        sign_in: state.auth.mode() != Mode::None,
+        usage: sees_usage(state, &visitor.who),
+    }
 }
 
 /// Where clients pull from: the external URL's host, else the host this page was asked for.
@@ -88,12 +149,18 @@ fn html(markup: maud::Markup) -> HttpResponse {
 /// A registry error as a page: 404 for what is not there (or not visible), 503 when a backend
 /// is down, 500 only for what is Berth's fault.
 fn page_error(error: &Error) -> HttpResponse {
+    page_error_for(&pages::Nav::default(), error)
+}
+
+fn page_error_for(nav: &pages::Nav, error: &Error) -> HttpResponse {
     use actix_web::http::StatusCode;
     let (status, message) = match error {
         Error::NameUnknown | Error::ManifestUnknown | Error::BlobUnknown => {
             (StatusCode::NOT_FOUND, "Not found.".to_owned())
         }
         Error::NameInvalid(m) | Error::ManifestInvalid(m) => (StatusCode::BAD_REQUEST, m.clone()),
+        Error::Denied(m) => (StatusCode::FORBIDDEN, m.clone()),
+        Error::DeleteDisabled => (StatusCode::METHOD_NOT_ALLOWED, error.to_string()),
         e if e.is_retryable() => (StatusCode::SERVICE_UNAVAILABLE, "A backend is unavailable; try again.".to_owned()),
         e => {
             tracing::error!(error = %e, "ui page failed");
@@ -103,7 +170,7 @@ fn page_error(error: &Error) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .body(pages::error(status.as_u16(), &message).into_string())
+        .body(pages::error(nav, status.as_u16(), &message).into_string())
 }
 
 fn query_value(req: &HttpRequest, key: &str) -> Option<String> {
@@ -112,7 +179,8 @@ fn query_value(req: &HttpRequest, key: &str) -> Option<String> {
 
 /// `GET /ui/?q=…&match=contains|prefix&after=…`
 async fn catalog(state: State, req: HttpRequest) -> HttpResponse {
-    let who = visitor();
+    let visitor = visitor(&state, &req);
+    let who = &visitor.who;
     let q = query_value(&req, "q").unwrap_or_default().trim().to_ascii_lowercase();
     let prefix = query_value(&req, "match").as_deref() == Some("prefix");
     let after = query_value(&req, "after");
@@ -122,10 +190,14 @@ async fn catalog(state: State, req: HttpRequest) -> HttpResponse {
         (false, false) => NameMatch::Contains(&q),
     };
     let page =
-        state.registry.browse_repositories(filter, after.as_deref(), PAGE, |name| may_pull(&state, &who, name)).await;
+        state.registry.browse_repositories(filter, after.as_deref(), PAGE, |name| may_pull(&state, who, name)).await;
+    let nav = nav(&state, &visitor);
+    let login = visitor.user().map(|user| format!("docker login {} -u {user}", registry_host(&state, &req)));
     match page {
-        Ok(page) => html(pages::catalog(&pages::CatalogView { q: &q, prefix, page: &page })),
-        Err(e) => page_error(&e),
+        Ok(page) => {
+            html(pages::catalog(&nav, &pages::CatalogView { q: &q, prefix, page: &page, login: login.as_deref() }))
+        }
+        Err(e) => page_error_for(&nav, &e),
     }
 }
 
@@ -137,23 +209,32 @@ async fn repository_path(state: State, req: HttpRequest, path: web::Path<String>
         Some((name, rest)) => (name.to_owned(), Some(rest.to_owned())),
         None => (path.trim_end_matches('/').to_owned(), None),
     };
-    let who = visitor();
+    let visitor = visitor(&state, &req);
+    let nav = nav(&state, &visitor);
     let Ok(repository) = name.parse::<RepoName>() else {
-        return page_error(&Error::NameUnknown);
+        return page_error_for(&nav, &Error::NameUnknown);
     };
     // Not visible and not there look the same.
-    if !may_pull(&state, &who, repository.as_str()) {
-        return page_error(&Error::NameUnknown);
+    if !may_pull(&state, &visitor.who, repository.as_str()) {
+        return page_error_for(&nav, &Error::NameUnknown);
     }
-    let result = match rest.as_deref().and_then(|r| r.strip_prefix("m/")) {
-        None if rest.is_none() => repository_page(&state, &req, &repository).await,
-        Some(reference) => manifest_page(&state, &req, &repository, reference).await,
-        _ => Err(Error::NameUnknown),
+    let result = match rest.as_deref() {
+        None => repository_page(&state, &req, &visitor, &repository).await,
+        Some("delete") => manage::confirm_delete(&state, &req, visitor, &repository).await,
+        Some(rest) => match rest.strip_prefix("m/") {
+            Some(reference) => manifest_page(&state, &req, &visitor, &repository, reference).await,
+            None => Err(Error::NameUnknown),
+        },
     };
-    result.unwrap_or_else(|e| page_error(&e))
+    result.unwrap_or_else(|e| page_error_for(&nav, &e))
 }
 
-async fn repository_page(state: &AppState, req: &HttpRequest, repository: &RepoName) -> Result<HttpResponse, Error> {
+async fn repository_page(
+    state: &AppState,
+    req: &HttpRequest,
+    visitor: &Visitor,
+    repository: &RepoName,
+) -> Result<HttpResponse, Error> {
     let order = if query_value(req, "sort").as_deref() == Some("name") { TagOrder::Name } else { TagOrder::Pushed };
     let page: u64 = query_value(req, "page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
     let summary = state.registry.repository_summary(repository).await?;
@@ -177,16 +258,27 @@ async fn repository_page(state: &AppState, req: &HttpRequest, repository: &RepoN
     let rules = state.registry.lifecycle();
     let immutable: Vec<bool> =
         tags.iter().map(|t| rules.fixing(repository.as_str(), &t.row.name).next().is_some()).collect();
-    Ok(html(pages::repository(&pages::RepositoryView {
-        repository,
-        summary: &summary,
-        tags: &tags,
-        immutable: &immutable,
-        page,
-        per_page: u64::from(PAGE),
-        by_name: order == TagOrder::Name,
-        host: &registry_host(state, req),
-    })))
+    let can_delete = may_delete(state, &visitor.who, repository);
+    let deletable: Vec<bool> =
+        tags.iter().map(|t| can_delete && rules.forbids_delete(repository.as_str(), &t.row.name).is_none()).collect();
+    let retention = state.registry.retention_marks(repository).await?;
+    let namespace = repository.as_str().rsplit_once('/').map(|(ns, _)| ns).filter(|_| sees_usage(state, &visitor.who));
+    Ok(html(pages::repository(
+        &nav(state, visitor),
+        &pages::RepositoryView {
+            repository,
+            summary: &summary,
+            tags: &tags,
+            immutable: &immutable,
+            deletable: &deletable,
+            retention: &retention,
+            namespace,
+            page,
+            per_page: u64::from(PAGE),
+            by_name: order == TagOrder::Name,
+            host: &registry_host(state, req),
+        },
+    )))
 }
 
 /// The `created` time of an image's config, when it is one.
@@ -200,6 +292,7 @@ async fn created_of(state: &AppState, repository: &RepoName, manifest: &oci::Man
 async fn manifest_page(
     state: &AppState,
     req: &HttpRequest,
+    visitor: &Visitor,
     repository: &RepoName,
     reference: &str,
 ) -> Result<HttpResponse, Error> {
@@ -235,17 +328,24 @@ async fn manifest_page(
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_else(|| String::from_utf8_lossy(&payload).into_owned());
-    Ok(html(pages::manifest(&pages::ManifestView {
-        repository,
-        stored: &stored,
-        manifest: &manifest,
-        index,
-        config: config.as_ref(),
-        config_raw: config_bytes.as_deref().filter(|_| config.is_none()).map(String::from_utf8_lossy).as_deref(),
-        platform_sizes: &platform_sizes,
-        referrers: &referrers,
-        tags: &tags,
-        raw: &pretty,
-        host: &registry_host(state, req),
-    })))
+    let rules = state.registry.lifecycle();
+    let deletable = may_delete(state, &visitor.who, repository)
+        && tags.iter().all(|t| rules.forbids_delete(repository.as_str(), t.as_str()).is_none());
+    Ok(html(pages::manifest(
+        &nav(state, visitor),
+        &pages::ManifestView {
+            repository,
+            deletable,
+            stored: &stored,
+            manifest: &manifest,
+            index,
+            config: config.as_ref(),
+            config_raw: config_bytes.as_deref().filter(|_| config.is_none()).map(String::from_utf8_lossy).as_deref(),
+            platform_sizes: &platform_sizes,
+            referrers: &referrers,
+            tags: &tags,
+            raw: &pretty,
+            host: &registry_host(state, req),
+        },
+    )))
 }

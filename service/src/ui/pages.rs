@@ -5,8 +5,8 @@
 use maud::{DOCTYPE, Markup, Render, html};
 
 use super::oci::{self, ImageConfig, Manifest};
-use crate::metadata::{Referrer, RepositorySummary, StoredManifest, TagRow};
-use crate::oci::{RepoName, Tag};
+use crate::metadata::{Referrer, RepositorySummary, StoredManifest, TagRow, Usage};
+use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::registry::browse::CatalogPage;
 
 /// A user-controlled string: escaped, with bidirectional controls (which could make
@@ -68,7 +68,22 @@ fn manifest_link(repository: &str, reference: &str) -> String {
     format!("/ui/r/{repository}/-/m/{reference}")
 }
 
-fn layout(title: &str, crumbs: Markup, body: Markup) -> Markup {
+/// What the header shows of the visitor.
+#[derive(Default)]
+pub struct Nav {
+    pub user: Option<String>,
+    /// The CSRF token of the visitor's session, for the sign-out form.
+    pub csrf: Option<String>,
+    /// Whether there is anything to sign in to (authentication is on).
+    pub sign_in: bool,
+    pub usage: bool,
+}
+
+fn csrf_field(nav: &Nav) -> Markup {
+    html! { @if let Some(token) = &nav.csrf { input type="hidden" name="csrf" value=(token); } }
+}
+
+fn layout(nav: &Nav, title: &str, crumbs: Markup, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -84,6 +99,16 @@ fn layout(title: &str, crumbs: Markup, body: Markup) -> Markup {
                 header.top {
                     a.brand href="/ui/" { "Berth" }
                     nav.crumbs { (crumbs) }
+                    @if nav.usage { a href="/ui/usage" { "Usage" } }
+                    @if let Some(user) = &nav.user {
+                        form.signout method="post" action="/ui/logout" {
+                            span.user { (Shown(user)) } " "
+                            (csrf_field(nav))
+                            button type="submit" { "Sign out" }
+                        }
+                    } @else if nav.sign_in {
+                        a href="/ui/login" { "Sign in" }
+                    }
                     button.theme type="button" data-theme-toggle hidden { "Theme" }
                 }
                 main { (body) }
@@ -92,8 +117,9 @@ fn layout(title: &str, crumbs: Markup, body: Markup) -> Markup {
     }
 }
 
-pub fn error(status: u16, message: &str) -> Markup {
+pub fn error(nav: &Nav, status: u16, message: &str) -> Markup {
     layout(
+        nav,
         "Error",
         html! {},
         html! {
@@ -108,14 +134,20 @@ pub struct CatalogView<'a> {
     pub q: &'a str,
     pub prefix: bool,
     pub page: &'a CatalogPage,
+    /// The `docker login` command of a signed-in user.
+    pub login: Option<&'a str>,
 }
 
-pub fn catalog(view: &CatalogView<'_>) -> Markup {
+pub fn catalog(nav: &Nav, view: &CatalogView<'_>) -> Markup {
     let mode = if view.prefix { "prefix" } else { "contains" };
     layout(
+        nav,
         "Repositories",
         html! { span { "Repositories" } },
         html! {
+            @if let Some(login) = view.login {
+                p.login { "To push and pull from a shell: " (copy(login)) }
+            }
             form.search method="get" action="/ui/" role="search" {
                 input type="search" name="q" value=(view.q) placeholder="Search repositories" aria-label="Search";
                 select name="match" aria-label="Match" {
@@ -174,6 +206,12 @@ pub struct RepositoryView<'a> {
     pub summary: &'a RepositorySummary,
     pub tags: &'a [TagView],
     pub immutable: &'a [bool],
+    /// Per tag: whether the visitor may delete it.
+    pub deletable: &'a [bool],
+    /// Tags the repository's `[[retention]]` rule would remove, with the reason.
+    pub retention: &'a std::collections::HashMap<String, String>,
+    /// The namespace whose usage the visitor may look at.
+    pub namespace: Option<&'a str>,
     pub page: u64,
     pub per_page: u64,
     pub by_name: bool,
@@ -189,11 +227,16 @@ fn copy(command: &str) -> Markup {
     }
 }
 
-pub fn repository(view: &RepositoryView<'_>) -> Markup {
+fn delete_link(repository: &str, what: &str, value: &str, label: &str) -> Markup {
+    html! { a.danger href={ "/ui/r/" (repository) "/-/delete?" (what) "=" (q(value)) } { (label) } }
+}
+
+pub fn repository(nav: &Nav, view: &RepositoryView<'_>) -> Markup {
     let name = view.repository.as_str();
     let pages = view.summary.tags.div_ceil(view.per_page).max(1);
     let sort = if view.by_name { "name" } else { "pushed" };
     layout(
+        nav,
         name,
         repository_crumbs(name),
         html! {
@@ -201,6 +244,7 @@ pub fn repository(view: &RepositoryView<'_>) -> Markup {
             p.facts {
                 (view.summary.tags) (if view.summary.tags == 1 { " tag · " } else { " tags · " }) (bytes(view.summary.bytes)) " of distinct blobs"
                 @if let Some(t) = view.summary.last_push { " · last push " (when(t)) }
+                @if let Some(ns) = view.namespace { " · " a href={ "/ui/usage?ns=" (q(ns)) } { "usage of " (Shown(ns)) } }
             }
             p.sort {
                 "Sort: "
@@ -210,11 +254,15 @@ pub fn repository(view: &RepositoryView<'_>) -> Markup {
             table.list.tags {
                 thead { tr { th { "Tag" } th { "Digest" } th.num { "Size" } th { "Type" } th { "Created" } th { "Pushed" } th { "Pull" } } }
                 tbody {
-                    @for (t, fixed) in view.tags.iter().zip(view.immutable) {
+                    @for ((t, fixed), deletable) in view.tags.iter().zip(view.immutable).zip(view.deletable) {
                         tr {
                             td {
                                 a href=(manifest_link(name, &t.row.name)) { (Shown(&t.row.name)) }
                                 @if *fixed { " " span.badge title="an [[immutable]] rule fixes this tag" { "immutable" } }
+                                @if let Some(why) = view.retention.get(&t.row.name) {
+                                    div.mark { span.badge.warn { "retention removes" } " " span.mt { (Shown(why)) } }
+                                }
+                                @if *deletable { div { (delete_link(name, "tag", &t.row.name, "Delete tag…")) } }
                             }
                             td { a.digest href=(manifest_link(name, t.row.digest.as_str())) title=(t.row.digest.as_str()) { (short(t.row.digest.as_str())) } }
                             td.num { @if let Some(s) = t.size { (bytes(s)) } @else { "—" } }
@@ -247,6 +295,8 @@ pub fn repository(view: &RepositoryView<'_>) -> Markup {
 
 pub struct ManifestView<'a> {
     pub repository: &'a RepoName,
+    /// Whether the visitor may delete this manifest (and every tag of it).
+    pub deletable: bool,
     pub stored: &'a StoredManifest,
     pub manifest: &'a Manifest,
     pub index: bool,
@@ -265,11 +315,12 @@ fn pairs<'a>(rows: impl IntoIterator<Item = (&'a str, &'a str)>) -> Markup {
     }
 }
 
-pub fn manifest(view: &ManifestView<'_>) -> Markup {
+pub fn manifest(nav: &Nav, view: &ManifestView<'_>) -> Markup {
     let name = view.repository.as_str();
     let digest = view.stored.digest.as_str();
     let m = view.manifest;
     layout(
+        nav,
         &format!("{name}@{}", short(digest)),
         html! { (repository_crumbs(name)) " / " span { (short(digest)) } },
         html! {
@@ -283,6 +334,7 @@ pub fn manifest(view: &ManifestView<'_>) -> Markup {
                 @if let Some(s) = &m.subject { tr { th { "Refers to" } td { a href=(manifest_link(name, &s.digest)) { code { (Shown(&s.digest)) } } } } }
                 tr { th { "Pull" } td { (copy(&format!("docker pull {}/{name}@{digest}", view.host))) } }
             }
+            @if view.deletable { p { (delete_link(name, "digest", digest, "Delete this manifest…")) } }
             @if view.index {
                 h2 { "Platforms" }
                 table.list {
@@ -406,4 +458,111 @@ fn referrers(repository: &str, referrers: &[Referrer]) -> Markup {
             }
         }
     }
+}
+
+pub fn login(nav: &Nav, next: &str, message: Option<&str>) -> Markup {
+    layout(
+        nav,
+        "Sign in",
+        html! { span { "Sign in" } },
+        html! {
+            h1 { "Sign in" }
+            @if let Some(m) = message { p.error role="alert" { (Shown(m)) } }
+            form.login method="post" action="/ui/login" {
+                input type="hidden" name="next" value=(next);
+                label { "User" input type="text" name="user" autocomplete="username" required autofocus; }
+                label { "Password" input type="password" name="password" autocomplete="current-password" required; }
+                button type="submit" { "Sign in" }
+            }
+            p.mt { "The same users as " code { "docker login" } "." }
+        },
+    )
+}
+
+pub struct DeleteView<'a> {
+    pub repository: &'a RepoName,
+    pub reference: &'a Reference,
+    pub digest: &'a Digest,
+    /// The tags that go with it.
+    pub tags: &'a [Tag],
+    /// Tags an `[[immutable]]` rule keeps from being deleted, with the rule.
+    pub fixed: &'a [String],
+}
+
+pub fn confirm_delete(nav: &Nav, view: &DeleteView<'_>) -> Markup {
+    let name = view.repository.as_str();
+    let digest = view.digest.as_str();
+    let (what, field, value) = match view.reference {
+        Reference::Tag(tag) => (format!("tag {tag}"), "tag", tag.as_str().to_owned()),
+        Reference::Digest(d) => (format!("manifest {}", short(d.as_str())), "digest", d.as_str().to_owned()),
+    };
+    layout(
+        nav,
+        &format!("Delete {what}"),
+        html! { (repository_crumbs(name)) " / " span { "Delete" } },
+        html! {
+            h1 { "Delete " (Shown(&what)) "?" }
+            @match view.reference {
+                Reference::Tag(_) => p { "The tag goes; manifest " code { (short(digest)) } " stays while other tags or digests refer to it." },
+                Reference::Digest(_) => p {
+                    "Manifest " code { (digest) } " goes, with "
+                    @if view.tags.is_empty() { "no tags" } @else { "its tags: " @for t in view.tags { span.badge { (Shown(t.as_str())) } " " } }
+                    ". Clients pulling it by tag or digest get “manifest unknown” from then on."
+                },
+            }
+            @if !view.fixed.is_empty() {
+                p.error role="alert" { "It cannot be deleted: an immutable rule keeps " @for f in view.fixed { (Shown(f)) " " } }
+            } @else {
+                form.confirm method="post" action={ "/ui/r/" (name) "/-/delete" } {
+                    (csrf_field(nav))
+                    input type="hidden" name=(field) value=(value);
+                    button.danger type="submit" { "Delete" }
+                    " "
+                    a href=(manifest_link(name, &value)) { "Cancel" }
+                }
+            }
+        },
+    )
+}
+
+pub fn usage(nav: &Nav, quotas: &[Usage], namespace: Option<(&str, (u64, u64))>) -> Markup {
+    layout(
+        nav,
+        "Usage",
+        html! { a href="/ui/" { "Repositories" } " / " span { "Usage" } },
+        html! {
+            h1 { "Storage usage" }
+            p.mt { "Sizes count each distinct blob once per namespace, as quotas do." }
+            form.search method="get" action="/ui/usage" {
+                input type="search" name="ns" value=(namespace.map_or("", |n| n.0)) placeholder="Namespace, e.g. team" aria-label="Namespace";
+                button type="submit" { "Show" }
+            }
+            @if let Some((ns, (bytes_used, repositories))) = namespace {
+                table.kv {
+                    tr { th { "Namespace" } td { (Shown(if ns.is_empty() { "(the whole registry)" } else { ns })) } }
+                    tr { th { "Repositories" } td { (repositories) } }
+                    tr { th { "Size" } td { (bytes(bytes_used)) } }
+                    tr { th { "Browse" } td { a href={ "/ui/?match=prefix&q=" (q(&if ns.is_empty() { String::new() } else { format!("{ns}/") })) } { "its repositories" } } }
+                }
+            }
+            h2 { "Quotas" }
+            @if quotas.is_empty() { p.empty { "No [[quota]] is configured." } }
+            @else {
+                table.list {
+                    thead { tr { th { "Namespace" } th.num { "Used" } th.num { "Limit" } th { "" } } }
+                    tbody {
+                        @for u in quotas {
+                            @let percent = u.bytes.saturating_mul(100).checked_div(u.limit).map_or(100, |p| p.min(100));
+                            tr {
+                                td { a href={ "/ui/usage?ns=" (q(&u.namespace)) } { (Shown(&u.namespace)) } }
+                                td.num { (bytes(u.bytes)) }
+                                td.num { (bytes(u.limit)) }
+                                td { meter min="0" max="100" value=(percent) title={ (percent) "%" } {} " " (percent) "%" }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
 }

@@ -1,7 +1,7 @@
 //! The web UI over HTTP: what each page shows, that pushed strings render as text, the
 //! security headers, the access rules, and `BERTH_UI=false`.
 
-use berth::config::AuthMode;
+use berth::config::{AuthMode, Settings};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -223,4 +223,237 @@ async fn pull_commands_name_the_external_url_when_one_is_set() {
     app.push_image("team/app", "v1", "seed").await;
     let (_, body) = page(&app, "/ui/r/team/app").await;
     assert!(body.contains("docker pull registry.example.com/team/app:v1"), "{body}");
+}
+
+/// Restarts `app` in basic mode with `users` (name, password) and access `rules`.
+async fn with_users(
+    app: TestApp,
+    users: &[(&str, &str)],
+    rules: &str,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let (mut settings, dir) = app.stop().await;
+    let htpasswd = dir.path().join("htpasswd");
+    for (user, password) in users {
+        berth::auth::htpasswd::add_user(&htpasswd, user, password).unwrap();
+    }
+    std::fs::write(dir.path().join("access.toml"), rules).unwrap();
+    settings.auth = AuthMode::Basic;
+    settings.htpasswd = Some(htpasswd);
+    settings.access = Some(dir.path().join("access.toml"));
+    configure(&mut settings);
+    start(settings, dir).await
+}
+
+/// A browser's POST of a form from `origin`, with the session `cookie`.
+async fn post_form(
+    app: &TestApp,
+    path: &str,
+    origin: Option<&str>,
+    cookie: Option<&str>,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+    let mut r = app.client.post(app.url(path)).header("content-type", "application/x-www-form-urlencoded").body(body);
+    if let Some(origin) = origin {
+        r = r.header("origin", origin);
+    }
+    if let Some(cookie) = cookie {
+        r = r.header("cookie", cookie);
+    }
+    r.send().await.unwrap()
+}
+
+/// Signs in through the form; the `name=value` of the session cookie.
+async fn sign_in(app: &TestApp, user: &str, password: &str) -> String {
+    let r =
+        post_form(app, "/ui/login", Some(&app.base), None, &[("user", user), ("password", password), ("next", "/ui/")])
+            .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "{user} signs in");
+    let cookie = header(&r, "set-cookie").expect("a session cookie").to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(cookie.contains(attribute), "{cookie}: {attribute}");
+    }
+    assert!(!cookie.contains("Secure"), "served over http, the cookie cannot be Secure: {cookie}");
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+async fn page_as(app: &TestApp, path: &str, cookie: &str) -> (StatusCode, String) {
+    let r = app.client.get(app.url(path)).header("cookie", cookie).send().await.unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+/// The CSRF token of the first form on a page.
+fn csrf_of(body: &str) -> String {
+    let at = body.find("name=\"csrf\" value=\"").expect("a CSRF field") + "name=\"csrf\" value=\"".len();
+    body[at..at + body[at..].find('"').unwrap()].to_owned()
+}
+
+const TEAM_RULES: &str = r#"
+[[rules]]
+users = ["alice"]
+repositories = ["team/**"]
+actions = ["pull", "push", "delete"]
+
+[[rules]]
+users = ["bob"]
+repositories = ["team/**"]
+actions = ["pull"]
+"#;
+
+#[tokio::test]
+async fn a_signed_in_user_sees_and_does_what_the_rules_let_them() {
+    let app = spawn_app().await;
+    app.push_image("team/app", "v1", "one").await;
+    app.push_image("team/app", "v2", "two").await;
+    let app = with_users(app, &[("alice", "alice-password"), ("bob", "bob-password")], TEAM_RULES, |_| {}).await;
+    let tag_there = async |tag: &str| {
+        let r = app
+            .client
+            .get(app.url(&format!("/v2/team/app/manifests/{tag}")))
+            .basic_auth("alice", Some("alice-password"));
+        r.header("accept", OCI_MANIFEST).send().await.unwrap().status() == StatusCode::OK
+    };
+
+    // Anonymous: nothing to see, and a way to sign in.
+    let (_, catalog) = page(&app, "/ui/").await;
+    assert!(!catalog.contains("team/app") && catalog.contains("href=\"/ui/login\""));
+
+    // A wrong password, or a form from elsewhere, signs nobody in.
+    let r = post_form(&app, "/ui/login", Some(&app.base), None, &[("user", "alice"), ("password", "nope")]).await;
+    assert_eq!((r.status(), header(&r, "set-cookie")), (StatusCode::UNAUTHORIZED, None));
+    assert!(r.text().await.unwrap().contains("Invalid user name or password."));
+    let fields = [("user", "alice"), ("password", "alice-password")];
+    for origin in [Some("http://evil.example"), None] {
+        let r = post_form(&app, "/ui/login", origin, None, &fields).await;
+        assert_eq!((r.status(), header(&r, "set-cookie")), (StatusCode::FORBIDDEN, None), "{origin:?}");
+    }
+    let r = post_form(
+        &app,
+        "/ui/login",
+        Some(&app.base),
+        None,
+        &[("user", "alice"), ("password", "alice-password"), ("next", "//evil.example/")],
+    )
+    .await;
+    assert_eq!(header(&r, "location"), Some("/ui/"), "never sent to another site after signing in");
+
+    // bob may pull only: he sees the tags and no delete control, and cannot delete.
+    let bob = sign_in(&app, "bob", "bob-password").await;
+    let (_, catalog) = page_as(&app, "/ui/", &bob).await;
+    assert!(catalog.contains("/ui/r/team/app\"") && catalog.contains("bob") && catalog.contains("Sign out"));
+    assert!(catalog.contains(&format!("docker login {} -u bob", app.base.trim_start_matches("http://"))));
+    let (status, repo) = page_as(&app, "/ui/r/team/app", &bob).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(repo.contains("/-/m/v1\"") && !repo.contains("/-/delete") && !repo.contains("Delete"), "{repo}");
+    let (_, manifest) = page_as(&app, "/ui/r/team/app/-/m/v1", &bob).await;
+    assert!(!manifest.contains("/-/delete"));
+    assert_eq!(page_as(&app, "/ui/r/team/app/-/delete?tag=v1", &bob).await.0, StatusCode::FORBIDDEN);
+    let bob_csrf = csrf_of(&repo);
+    let r =
+        post_form(&app, "/ui/r/team/app/-/delete", Some(&app.base), Some(&bob), &[("csrf", &bob_csrf), ("tag", "v1")])
+            .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a forged delete with bob's own token");
+    assert!(tag_there("v1").await);
+
+    // alice may delete: a control per tag, a confirmation page, and a POST that needs her token.
+    let alice = sign_in(&app, "alice", "alice-password").await;
+    let (_, repo) = page_as(&app, "/ui/r/team/app", &alice).await;
+    assert!(repo.contains("/ui/r/team/app/-/delete?tag=v1\""), "{repo}");
+    let (status, confirm) = page_as(&app, "/ui/r/team/app/-/delete?tag=v1", &alice).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(confirm.contains("Delete tag v1?") && confirm.contains("method=\"post\""));
+    let csrf = csrf_of(&confirm);
+    let other_alice = sign_in(&app, "alice", "alice-password").await;
+    let base = app.base.as_str();
+    let forged = [
+        (Some(base), Some(alice.as_str()), vec![("tag", "v1")], "no token"),
+        (Some(base), Some(alice.as_str()), vec![("csrf", "AAAA"), ("tag", "v1")], "a made-up token"),
+        (Some(base), Some(alice.as_str()), vec![("csrf", &bob_csrf), ("tag", "v1")], "bob's token"),
+        (Some(base), Some(other_alice.as_str()), vec![("csrf", &csrf), ("tag", "v1")], "the token of another sign-in"),
+        (Some(base), None, vec![("csrf", &csrf), ("tag", "v1")], "no session"),
+        (Some("http://evil.example"), Some(alice.as_str()), vec![("csrf", &csrf), ("tag", "v1")], "another site"),
+    ];
+    for (origin, cookie, fields, what) in forged {
+        let r = post_form(&app, "/ui/r/team/app/-/delete", origin, cookie, &fields).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{what}");
+        assert!(tag_there("v1").await, "{what}: the tag is still there");
+    }
+    let r =
+        post_form(&app, "/ui/r/team/app/-/delete", Some(&app.base), Some(&alice), &[("csrf", &csrf), ("tag", "v1")])
+            .await;
+    assert_eq!((r.status(), header(&r, "location")), (StatusCode::SEE_OTHER, Some("/ui/r/team/app")));
+    assert!(!tag_there("v1").await && tag_there("v2").await, "v1 deleted, v2 kept");
+    let r =
+        post_form(&app, "/ui/r/team/app/-/delete", Some(&app.base), Some(&alice), &[("csrf", &csrf), ("tag", "v1")])
+            .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "deleted already");
+
+    // Signing out needs the token too, and clears the cookie.
+    let r = post_form(&app, "/ui/logout", Some(&app.base), Some(&alice), &[]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = post_form(&app, "/ui/logout", Some(&app.base), Some(&alice), &[("csrf", &csrf)]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(header(&r, "set-cookie").is_some_and(|c| c.starts_with("berth_session=;") && c.contains("Max-Age=0")));
+
+    // A cookie that does not verify is no sign-in.
+    let (name, value) = alice.split_once('=').unwrap();
+    let forged = format!("{name}={}", value.replacen(value.split('.').next().unwrap(), "Ym9i", 1));
+    let (_, catalog) = page_as(&app, "/ui/", &forged).await;
+    assert!(!catalog.contains("team/app") && catalog.contains("Sign in"));
+}
+
+#[tokio::test]
+async fn failed_sign_ins_count_against_the_login_limiter() {
+    let app = spawn_app().await;
+    // Token mode: the token endpoint is there to count along.
+    let app = with_users(app, &[("alice", "alice-password")], TEAM_RULES, |s| {
+        s.auth = AuthMode::Token;
+        s.login_max_failures = 3;
+    })
+    .await;
+    for _ in 0..3 {
+        let r = post_form(&app, "/ui/login", Some(&app.base), None, &[("user", "alice"), ("password", "guess")]).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r =
+        post_form(&app, "/ui/login", Some(&app.base), None, &[("user", "alice"), ("password", "alice-password")]).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "even the right password, from this address, for a while");
+    assert!(header(&r, "retry-after").is_some_and(|s| s.parse::<u64>().unwrap() > 0));
+    assert_eq!(header(&r, "set-cookie"), None);
+    // The token endpoint counts the same failures.
+    let r = app.client.get(app.url("/token")).basic_auth("alice", Some("alice-password")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn usage_and_retention_show_to_signed_in_users() {
+    let app = spawn_with(|s| {
+        s.quota = vec![toml::from_str("namespace = \"team\"\nlimit = \"1 GiB\"").unwrap()];
+        s.retention = vec![toml::from_str("repositories = \"team/**\"\nkeep_last = 1").unwrap()];
+        s.immutable =
+            vec![toml::from_str("repositories = \"team/**\"\ntags = \"release-.*\"\nallow_delete = false").unwrap()];
+    })
+    .await;
+    app.push_image("team/app", "old", "one").await;
+    app.push_image("team/app", "release-1", "two").await;
+    app.push_image("team/app", "new", "three").await;
+    let app = with_users(app, &[("alice", "alice-password")], TEAM_RULES, |_| {}).await;
+    assert_eq!(app.get("/ui/usage").await.status(), StatusCode::SEE_OTHER, "anonymous visitors are sent to sign in");
+    let alice = sign_in(&app, "alice", "alice-password").await;
+    let (status, usage) = page_as(&app, "/ui/usage?ns=team", &alice).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(usage.contains("1.0 GiB") && usage.contains(">team<"), "{usage}");
+    let (_, repo) = page_as(&app, "/ui/r/team/app", &alice).await;
+    // keep_last = 1 keeps `new`; release-1 is protected by an immutable rule; `old` goes.
+    let row = |tag: &str| {
+        let at = repo.find(&format!("/-/m/{tag}\"")).unwrap();
+        repo[at..at + repo[at..].find("</tr>").unwrap()].to_owned()
+    };
+    assert!(row("old").contains("retention removes") && row("old").contains("[[retention]] entry 1"), "{}", row("old"));
+    assert!(!row("new").contains("retention removes") && !row("release-1").contains("retention removes"));
+    assert!(row("release-1").contains("immutable") && !row("release-1").contains("/-/delete"), "no delete control");
+    assert!(row("old").contains("/-/delete?tag=old"));
+    let (_, confirm) = page_as(&app, "/ui/r/team/app/-/m/release-1", &alice).await;
+    assert!(!confirm.contains("/-/delete"), "nor for the manifest of an undeletable tag");
 }
