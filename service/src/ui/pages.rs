@@ -503,7 +503,7 @@ pub fn confirm_delete(nav: &Nav, view: &DeleteView<'_>) -> Markup {
         html! {
             h1 { "Delete " (Shown(&what)) "?" }
             @match view.reference {
-                Reference::Tag(_) => p { "The tag goes; manifest " code { (short(digest)) } " stays while other tags or digests refer to it." },
+                Reference::Tag(_) => p { "The tag goes; manifest " code { (short(digest)) } " stays, and can still be pulled by digest." },
                 Reference::Digest(_) => p {
                     "Manifest " code { (digest) } " goes, with "
                     @if view.tags.is_empty() { "no tags" } @else { "its tags: " @for t in view.tags { span.badge { (Shown(t.as_str())) } " " } }

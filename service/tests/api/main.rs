@@ -14,6 +14,7 @@ mod urlsupport;
 
 mod auth;
 mod blobs;
+mod browser;
 mod conformance;
 mod errors;
 mod gc;

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-const HOSTILE: &str = "<script>alert(1)</script>";
-const ATTRIBUTE: &str = "\"onmouseover=alert(1) x=\"";
+pub(crate) const HOSTILE: &str = "<script>alert(1)</script>";
+pub(crate) const ATTRIBUTE: &str = "\"onmouseover=alert(1) x=\"";
 const RLO: &str = "invoice\u{202E}fdp.exe";
 
 async fn page(app: &TestApp, path: &str) -> (StatusCode, String) {
@@ -24,7 +24,7 @@ async fn page(app: &TestApp, path: &str) -> (StatusCode, String) {
 }
 
 /// Pushes an image whose config and manifest carry hostile strings; returns its digest.
-async fn push_hostile(app: &TestApp, repo: &str) -> berth::oci::Digest {
+pub(crate) async fn push_hostile(app: &TestApp, repo: &str) -> berth::oci::Digest {
     let config = json!({
         "created": "2026-11-30T10:00:00Z", "architecture": "amd64", "os": "linux",
         "config": {
@@ -50,7 +50,13 @@ async fn push_hostile(app: &TestApp, repo: &str) -> berth::oci::Digest {
 }
 
 /// Pushes an artifact of `artifact_type` whose subject is `subject`.
-async fn push_referrer(app: &TestApp, repo: &str, subject: &berth::oci::Digest, artifact_type: &str, seed: &str) {
+pub(crate) async fn push_referrer(
+    app: &TestApp,
+    repo: &str,
+    subject: &berth::oci::Digest,
+    artifact_type: &str,
+    seed: &str,
+) {
     let empty = app.push_blob(repo, b"{}").await;
     let blob = app.push_blob(repo, seed.as_bytes()).await;
     let manifest = json!({
@@ -65,7 +71,7 @@ async fn push_referrer(app: &TestApp, repo: &str, subject: &berth::oci::Digest, 
 }
 
 /// Pushes an index of two platform images, tagged `latest`.
-async fn push_index(app: &TestApp, repo: &str) -> Vec<berth::oci::Digest> {
+pub(crate) async fn push_index(app: &TestApp, repo: &str) -> Vec<berth::oci::Digest> {
     let mut entries = Vec::new();
     let mut digests = Vec::new();
     for (arch, seed) in [("amd64", "one"), ("arm64", "two")] {
