@@ -13,6 +13,7 @@ import tarfile
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -163,3 +164,27 @@ def local_setting(value, paths, ports):
     for remote, local in ports.items():
         value = re.sub(rf"^(0\.0\.0\.0|127\.0\.0\.1|\[::\]):{remote}$", f"127.0.0.1:{local}", value)
     return value
+
+
+def ui_check(base, user, password):
+    """The web UI the chart turns on: its catalog answers, and (with users) the sign-in form
+    takes the chart's user and shows the pushed repository."""
+    class Stay(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+    opener = urllib.request.build_opener(Stay)
+    catalog = opener.open(f"{base}/ui/", timeout=10)
+    assert catalog.status == 200, f"/ui/ answered {catalog.status}"
+    if user is None:
+        return "web UI /ui/: 200"
+    form = urllib.parse.urlencode({"user": user, "password": password}).encode()
+    request = urllib.request.Request(f"{base}/ui/login", data=form, headers={"Origin": base})
+    try:
+        opener.open(request, timeout=10)
+        raise AssertionError("the sign-in form did not redirect")
+    except urllib.error.HTTPError as e:
+        assert e.code == 303, f"sign-in answered {e.code}: {e.read()[:300]!r}"
+        cookie = e.headers["Set-Cookie"].split(";")[0]
+    page = opener.open(urllib.request.Request(f"{base}/ui/", headers={"Cookie": cookie}), timeout=10).read().decode()
+    assert f">{user}<" in page and "/ui/r/" in page, "signed in, the catalog shows the user and a repository"
+    return f"web UI /ui/: 200; {user} signs in through the form and sees the pushed repository"

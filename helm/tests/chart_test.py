@@ -34,7 +34,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent / "scripts"))
 from contract_support import (  # noqa: E402
-    Backends, Berth, free_port, htpasswd, local_setting, push_and_pull, token_key_pem, wait_http,
+    Backends, Berth, free_port, htpasswd, local_setting, push_and_pull, token_key_pem, ui_check, wait_http,
 )
 CHART = HERE.parent / "berth"
 # The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion) and a current one.
@@ -302,6 +302,7 @@ def contract(objects, secrets, binary, port, work, auth):
         user = None if auth == "none" else "busy"
         digest = push_and_pull(f"127.0.0.1:{port}", work, user, PASSWORD)
         lines.append(f"skopeo push and pull through Service port {api['port']} -> container port {api_port}: {digest[:19]}…")
+        lines.append(ui_check(f"http://127.0.0.1:{port}", user, PASSWORD))
         if metrics:
             status = wait_http(f"http://127.0.0.1:{ports[metrics[0]['containerPort']]}/metrics")
             lines.append(f"/metrics on container port {metrics[0]['containerPort']}: {status}")

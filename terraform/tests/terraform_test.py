@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 TERRAFORM = HERE.parent
 REPO = TERRAFORM.parent
 sys.path.insert(0, str(REPO / "scripts"))
-from contract_support import Backends, Berth, free_port, htpasswd, local_setting, push_and_pull, token_key_pem  # noqa: E402,E501
+from contract_support import Backends, Berth, free_port, htpasswd, local_setting, push_and_pull, token_key_pem, ui_check  # noqa: E402,E501
 
 CLOUD_INIT = TERRAFORM / "modules" / "berth-cloud-init"
 MODULES = [TERRAFORM / "modules" / "berth-aws", CLOUD_INIT, TERRAFORM / "examples" / "aws-vm-group"]
@@ -213,6 +213,7 @@ def boot(outputs, binary, secrets, ports, work, auth):
         user = None if auth == "none" else "busy"
         digest = push_and_pull(f"127.0.0.1:{ports[outputs['target_port']]}", work, user, PASSWORD)
         lines.append(f"skopeo push and pull through target port {outputs['target_port']}: {digest[:19]}…")
+        lines.append(ui_check(f"http://127.0.0.1:{ports[outputs['target_port']]}", user, PASSWORD))
     return lines
 
 
@@ -241,11 +242,12 @@ def scaled(backends, users, port=None):
         "s3": {"bucket": b["bucket"], "region": "us-east-1", "endpoint": b["s3"], "force_path_style": True},
         "extra_environment": {"BERTH_REDIS_PREFIX": b["prefix"]},
         "secrets": {"source": "ssm", "region": "us-east-1", "database_url": "/berth/database-url",
-                    "redis_url": "/berth/redis-url", "token_key": "/berth/token-key", "htpasswd": "/berth/htpasswd"},
+                    "redis_url": "/berth/redis-url", "token_key": "/berth/token-key", "htpasswd": "/berth/htpasswd",
+                    "ui_session_key": "/berth/ui-session-key"},
         "cloudwatch_log_group": "",
     }
     secrets = {"/berth/database-url": b["database"], "/berth/redis-url": b["redis"], "/berth/token-key": token_key_pem(),
-               "/berth/htpasswd": users}
+               "/berth/htpasswd": users, "/berth/ui-session-key": "a web UI session key of 40 characters.."}
     return inputs, secrets, "token"
 
 

@@ -124,6 +124,13 @@ env:
       name: {{ .Values.storage.s3.existingSecret | default $secret }}
       key: secretAccessKey
 {{- end }}
+{{- if and .Values.berth.ui.enabled (ne .Values.berth.auth "none") }}
+- name: BERTH_UI_SESSION_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.berth.ui.sessionKeySecret | default $secret }}
+      key: ui-session-key
+{{- end }}
 {{- with .Values.berth.extraEnv }}
 {{ toYaml . }}
 {{- end }}

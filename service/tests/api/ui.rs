@@ -463,3 +463,51 @@ async fn usage_and_retention_show_to_signed_in_users() {
     let (_, confirm) = page_as(&app, "/ui/r/team/app/-/m/release-1", &alice).await;
     assert!(!confirm.contains("/-/delete"), "nor for the manifest of an undeletable tag");
 }
+
+#[tokio::test]
+async fn over_https_the_session_cookie_is_secure() {
+    let app = spawn_app().await;
+    let app = with_users(app, &[("alice", "alice-password")], TEAM_RULES, |s| {
+        s.external_url = Some("https://registry.example.com".into());
+    })
+    .await;
+    let fields = [("user", "alice"), ("password", "alice-password")];
+    // A form from the external URL's origin (a TLS-terminating proxy in front).
+    let r = post_form(&app, "/ui/login", Some("https://registry.example.com"), None, &fields).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let cookie = header(&r, "set-cookie").unwrap();
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+}
+
+#[tokio::test]
+async fn with_authentication_off_deletes_still_need_the_pages_token() {
+    let app = spawn_app().await;
+    app.push_image("open/app", "v1", "one").await;
+    let (_, repo) = page(&app, "/ui/r/open/app").await;
+    assert!(repo.contains("/ui/r/open/app/-/delete?tag=v1") && !repo.contains("Sign in"));
+    // The confirmation page gives an anonymous visitor a session to bind its token to.
+    let r = app.get("/ui/r/open/app/-/delete?tag=v1").await;
+    let cookie = header(&r, "set-cookie").expect("an anonymous session").split(';').next().unwrap().to_owned();
+    let csrf = csrf_of(&r.text().await.unwrap());
+    for (cookie, fields) in
+        [(None, vec![("csrf", csrf.as_str()), ("tag", "v1")]), (Some(cookie.as_str()), vec![("tag", "v1")])]
+    {
+        let r = post_form(&app, "/ui/r/open/app/-/delete", Some(&app.base), cookie, &fields).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+    assert_eq!(app.get("/v2/open/app/manifests/v1").await.status(), StatusCode::OK);
+    let r =
+        post_form(&app, "/ui/r/open/app/-/delete", Some(&app.base), Some(&cookie), &[("csrf", &csrf), ("tag", "v1")])
+            .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(app.get("/v2/open/app/manifests/v1").await.status(), StatusCode::NOT_FOUND);
+    // With deletes off, there is no control and the form is refused.
+    let app = spawn_with(|s| s.delete = false).await;
+    app.push_image("open/app", "v1", "one").await;
+    let (_, repo) = page(&app, "/ui/r/open/app").await;
+    assert!(!repo.contains("/-/delete"));
+    assert_eq!(app.get("/ui/r/open/app/-/delete?tag=v1").await.status(), StatusCode::FORBIDDEN);
+}

@@ -28,6 +28,8 @@ locals {
     redis_url    = coalesce(var.redis.existing_url_parameter, "/${var.name}/redis-url")
     token_key    = var.auth == "token" ? coalesce(var.token_key_parameter, "/${var.name}/token-key") : null
     htpasswd     = var.auth == "none" ? null : var.htpasswd_parameter
+    # Sign-ins to the web UI hold on every instance: one key for all.
+    ui_session_key = var.auth != "none" && var.ui ? "/${var.name}/ui-session-key" : null
   }
   parameter_arns = [
     for p in values(local.parameters) :
@@ -46,17 +48,19 @@ module "cloud_init" {
   trusted_proxies  = 1
   storage          = "s3"
   shutdown_timeout = var.shutdown_timeout
+  ui               = var.ui
   s3 = {
     bucket = aws_s3_bucket.blobs.bucket
     region = local.region
   }
   secrets = {
-    source       = "ssm"
-    region       = local.region
-    database_url = local.parameters.database_url
-    redis_url    = local.parameters.redis_url
-    token_key    = local.parameters.token_key
-    htpasswd     = local.parameters.htpasswd
+    source         = "ssm"
+    region         = local.region
+    database_url   = local.parameters.database_url
+    redis_url      = local.parameters.redis_url
+    token_key      = local.parameters.token_key
+    htpasswd       = local.parameters.htpasswd
+    ui_session_key = local.parameters.ui_session_key
   }
   cloudwatch_log_group = var.cloudwatch_logs ? aws_cloudwatch_log_group.berth[0].name : ""
   extra_environment    = var.extra_environment

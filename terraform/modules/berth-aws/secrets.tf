@@ -34,3 +34,19 @@ resource "aws_ssm_parameter" "token_key" {
   value  = tls_private_key.token[0].private_key_pem
   tags   = local.tags
 }
+
+# One web UI session key for every instance: a sign-in on one holds on all.
+resource "random_password" "ui_session" {
+  count   = local.parameters.ui_session_key == null ? 0 : 1
+  length  = 48
+  special = false
+}
+
+resource "aws_ssm_parameter" "ui_session_key" {
+  count  = local.parameters.ui_session_key == null ? 0 : 1
+  name   = local.parameters.ui_session_key
+  type   = "SecureString"
+  key_id = var.kms_key_arn
+  value  = random_password.ui_session[0].result
+  tags   = local.tags
+}

@@ -84,6 +84,12 @@ variable "htpasswd_parameter" {
   default     = null
 }
 
+variable "ui" {
+  description = "Serve the web UI under /ui/ (BERTH_UI); with authentication on, the module keeps its session key in an SSM parameter."
+  type        = bool
+  default     = true
+}
+
 variable "token_key_parameter" {
   description = "Name of an SSM SecureString parameter holding the token signing key (PEM); null makes a P-256 key and keeps it in a parameter of the module's."
   type        = string

@@ -21,6 +21,7 @@ locals {
       BERTH_STORAGE          = var.storage
       BERTH_SHUTDOWN_TIMEOUT = tostring(var.shutdown_timeout)
       BERTH_LOG_FORMAT       = var.log_format
+      BERTH_UI               = tostring(var.ui)
     },
     var.metrics_listen == "" ? {} : { BERTH_METRICS_LISTEN = var.metrics_listen },
     var.external_url == "" ? {} : { BERTH_EXTERNAL_URL = var.external_url, BERTH_SERVICE = local.service_host },
@@ -31,7 +32,7 @@ locals {
   )
   environment_file = join("", [for k in sort(keys(local.environment)) : "${k}=${local.environment[k]}\n"])
 
-  uses_secrets = anytrue([for k in ["database_url", "redis_url", "token_key", "htpasswd"] : var.secrets[k] != null])
+  uses_secrets = anytrue([for k in ["database_url", "redis_url", "token_key", "htpasswd", "ui_session_key"] : var.secrets[k] != null])
   packages = concat(
     ["ca-certificates", "curl"],
     local.uses_secrets ? ["awscli"] : [],
@@ -44,6 +45,7 @@ locals {
     redis_url    = var.secrets.redis_url
     token_key    = var.secrets.token_key
     htpasswd     = var.secrets.htpasswd
+    ui_session   = var.secrets.ui_session_key
   })
   install = templatefile("${path.module}/templates/install.sh.tftpl", {
     url    = var.install.url

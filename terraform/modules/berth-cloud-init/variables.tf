@@ -96,6 +96,12 @@ variable "shutdown_timeout" {
   default     = 30
 }
 
+variable "ui" {
+  description = "Serve the web UI under /ui/ (BERTH_UI)."
+  type        = bool
+  default     = true
+}
+
 variable "log_format" {
   description = "Log format: text or json (BERTH_LOG_FORMAT); json for CloudWatch."
   type        = string
@@ -113,14 +119,15 @@ variable "extra_environment" {
 }
 
 variable "secrets" {
-  description = "Secrets read at boot, never written in the user data: the names of SSM parameters (source = ssm) or Secrets Manager secrets (source = secretsmanager) holding the database URL, the Redis URL, the token signing key (PEM) and the htpasswd file. Any may be null."
+  description = "Secrets read at boot, never written in the user data: the names of SSM parameters (source = ssm) or Secrets Manager secrets (source = secretsmanager) holding the database URL, the Redis URL, the token signing key (PEM), the htpasswd file and the web UI's session key (BERTH_UI_SESSION_KEY, at least 32 characters, the same on every instance). Any may be null."
   type = object({
-    source       = optional(string, "ssm")
-    region       = optional(string, "")
-    database_url = optional(string)
-    redis_url    = optional(string)
-    token_key    = optional(string)
-    htpasswd     = optional(string)
+    source         = optional(string, "ssm")
+    region         = optional(string, "")
+    database_url   = optional(string)
+    redis_url      = optional(string)
+    token_key      = optional(string)
+    htpasswd       = optional(string)
+    ui_session_key = optional(string)
   })
   default = {}
   validation {
