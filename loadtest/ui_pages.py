@@ -109,8 +109,11 @@ def main():
     port = free_port()
     env = dict({k: v for k, v in os.environ.items() if not k.startswith("BERTH_")},
                BERTH_DATABASE_URL=url, BERTH_DATA_DIR=data, BERTH_LISTEN=f"127.0.0.1:{port}", BERTH_LOG="warn")
-    server = subprocess.Popen([BERTH, "serve"], env=env)
-    try:
+    # The collector off: the second run's retention rule is only shown, never applied.
+    env["BERTH_GC_INTERVAL"] = "0"
+
+    def serve(extra):
+        server = subprocess.Popen([BERTH, "serve"], env=dict(env, **extra))
         for _ in range(100):
             try:
                 if request(port, "GET", "/readyz")[0].status == 200:
@@ -118,6 +121,10 @@ def main():
             except OSError:
                 pass
             time.sleep(0.1)
+        return server
+
+    server = serve({})
+    try:
         push_image(port, "big/repo")
         started = time.perf_counter()
         seed(url, REPOSITORIES, TAGS)
@@ -136,6 +143,17 @@ def main():
         for label, path, expect in pages:
             median, slowest, size = timed(port, path, expect)
             print(f"{label:48} {median:10.1f} {slowest:8.1f} {size:8}")
+        # Again with a [[retention]] rule on the repository: its page marks the tags the rule
+        # would remove, which reads every tag of the repository.
+        server.terminate()
+        server.wait()
+        config = os.path.join(data, "berth.toml")
+        with open(config, "w") as f:
+            f.write('[[retention]]\nrepositories = "big/**"\nkeep_last = 100\n')
+        server = serve({"BERTH_CONFIG": config})
+        for label, path, expect in pages[4:]:
+            median, slowest, size = timed(port, path, expect)
+            print(f"{label + ', retention marks':48} {median:10.1f} {slowest:8.1f} {size:8}")
     finally:
         server.terminate()
         server.wait()
