@@ -109,6 +109,25 @@ impl Registry {
         Ok(Some(bytes))
     }
 
+    /// Whether `visible` lets through every repository in `namespace` and under it; `false`
+    /// too when there are more than the scan budget can read (a total of what one may not see
+    /// all of says something about what one may not see).
+    pub async fn namespace_visible(&self, namespace: &str, visible: impl Fn(&str) -> bool) -> Result<bool, Error> {
+        let under = format!("{namespace}/");
+        let mut last: Option<String> = None;
+        for _ in 0..SCANS {
+            let page = self.metadata.search_repositories(NameMatch::Prefix(namespace), last.as_deref(), SCAN).await?;
+            if page.items.iter().any(|n| (n == namespace || n.starts_with(&under)) && !visible(n)) {
+                return Ok(false);
+            }
+            if !page.more {
+                return Ok(true);
+            }
+            last = page.items.last().cloned();
+        }
+        Ok(false)
+    }
+
     /// Bytes of distinct blobs, and repositories, in `namespace` and under it.
     pub async fn namespace_size(&self, namespace: &str) -> Result<(u64, u64), Error> {
         Ok(self.metadata.namespace_size(namespace).await?)

@@ -12,6 +12,7 @@ use super::session::COOKIE;
 use super::{State, Visitor, html, may_delete, may_pull, nav, page_error_for, pages, sees_usage, visitor};
 use crate::api::AppState;
 use crate::auth::{Denial, Identity, Mode};
+use crate::metadata::NameMatch;
 use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::registry::Error;
 
@@ -251,7 +252,8 @@ pub(super) async fn repository_post(
     }
 }
 
-/// `GET /ui/usage?ns=…`: quotas and what each namespace holds.
+/// `GET /ui/usage?ns=…`: quotas, and what a namespace and its repositories hold. A total
+/// (of a namespace or a quota) shows only to a visitor who may pull every repository in it.
 pub(super) async fn usage(state: State, req: HttpRequest) -> HttpResponse {
     let visitor = visitor(&state, &req);
     let nav = nav(&state, &visitor);
@@ -259,16 +261,35 @@ pub(super) async fn usage(state: State, req: HttpRequest) -> HttpResponse {
         return see_other("/ui/login?next=/ui/usage").finish();
     }
     let namespace = super::query_value(&req, "ns").map(|n| n.trim().trim_matches('/').to_ascii_lowercase());
-    let quotas = match state.registry.usage().await {
-        Ok(q) => q,
-        Err(e) => return page_error_for(&nav, &e),
-    };
-    let size = match &namespace {
-        Some(ns) => match state.registry.namespace_size(ns).await {
-            Ok(size) => Some(size),
-            Err(e) => return page_error_for(&nav, &e),
-        },
-        None => None,
-    };
-    html(pages::usage(&nav, &quotas, namespace.as_deref().zip(size)))
+    match usage_page(&state, &visitor, namespace.as_deref()).await {
+        Ok(page) => html(pages::usage(&nav, &page)),
+        Err(e) => page_error_for(&nav, &e),
+    }
+}
+
+async fn usage_page(state: &AppState, visitor: &Visitor, namespace: Option<&str>) -> Result<pages::UsageView, Error> {
+    let visible = |name: &str| may_pull(state, &visitor.who, name);
+    let mut quotas = Vec::new();
+    for quota in state.registry.usage().await? {
+        if state.registry.namespace_visible(&quota.namespace, visible).await? {
+            quotas.push(quota);
+        }
+    }
+    let mut view = pages::UsageView { quotas, namespace: None };
+    if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
+        let total = if state.registry.namespace_visible(ns, visible).await? {
+            Some(state.registry.namespace_size(ns).await?)
+        } else {
+            None
+        };
+        let under = format!("{ns}/");
+        let page = state.registry.browse_repositories(NameMatch::Prefix(&under), None, 50, visible).await?;
+        view.namespace = Some(pages::NamespaceUsage {
+            name: ns.to_owned(),
+            total,
+            repositories: page.repositories,
+            more: page.next.is_some(),
+        });
+    }
+    Ok(view)
 }

@@ -525,33 +525,54 @@ pub fn confirm_delete(nav: &Nav, view: &DeleteView<'_>) -> Markup {
     )
 }
 
-pub fn usage(nav: &Nav, quotas: &[Usage], namespace: Option<(&str, (u64, u64))>) -> Markup {
+pub struct NamespaceUsage {
+    pub name: String,
+    /// Bytes and repositories, when the visitor may see all of it.
+    pub total: Option<(u64, u64)>,
+    pub repositories: Vec<RepositorySummary>,
+    pub more: bool,
+}
+
+pub struct UsageView {
+    pub quotas: Vec<Usage>,
+    pub namespace: Option<NamespaceUsage>,
+}
+
+pub fn usage(nav: &Nav, view: &UsageView) -> Markup {
+    let ns = view.namespace.as_ref();
     layout(
         nav,
         "Usage",
         html! { a href="/ui/" { "Repositories" } " / " span { "Usage" } },
         html! {
             h1 { "Storage usage" }
-            p.mt { "Sizes count each distinct blob once per namespace, as quotas do." }
+            p.mt { "Sizes count each distinct blob once, per repository and per namespace, as quotas do." }
             form.search method="get" action="/ui/usage" {
-                input type="search" name="ns" value=(namespace.map_or("", |n| n.0)) placeholder="Namespace, e.g. team" aria-label="Namespace";
+                input type="search" name="ns" value=(ns.map_or("", |n| n.name.as_str())) placeholder="Namespace, e.g. team" aria-label="Namespace";
                 button type="submit" { "Show" }
             }
-            @if let Some((ns, (bytes_used, repositories))) = namespace {
-                table.kv {
-                    tr { th { "Namespace" } td { (Shown(if ns.is_empty() { "(the whole registry)" } else { ns })) } }
-                    tr { th { "Repositories" } td { (repositories) } }
-                    tr { th { "Size" } td { (bytes(bytes_used)) } }
-                    tr { th { "Browse" } td { a href={ "/ui/?match=prefix&q=" (q(&if ns.is_empty() { String::new() } else { format!("{ns}/") })) } { "its repositories" } } }
+            @if let Some(ns) = ns {
+                h2 { "Namespace " (Shown(&ns.name)) }
+                @match ns.total {
+                    Some((bytes_used, repositories)) => p.facts { (repositories) " repositories · " (bytes(bytes_used)) " of distinct blobs" },
+                    None => p.facts { "No total: it holds repositories you may not see." },
+                }
+                @if ns.repositories.is_empty() { p.empty { "No repositories you may see." } }
+                @else {
+                    table.list {
+                        thead { tr { th { "Repository" } th.num { "Tags" } th.num { "Size" } th { "Last push" } } }
+                        tbody { @for r in &ns.repositories { (catalog_row(r)) } }
+                    }
+                    @if ns.more { p.pager { a href={ "/ui/?match=prefix&q=" (q(&format!("{}/", ns.name))) } { "All of its repositories →" } } }
                 }
             }
             h2 { "Quotas" }
-            @if quotas.is_empty() { p.empty { "No [[quota]] is configured." } }
+            @if view.quotas.is_empty() { p.empty { "No [[quota]] you may see is configured." } }
             @else {
                 table.list {
                     thead { tr { th { "Namespace" } th.num { "Used" } th.num { "Limit" } th { "" } } }
                     tbody {
-                        @for u in quotas {
+                        @for u in &view.quotas {
                             @let percent = u.bytes.saturating_mul(100).checked_div(u.limit).map_or(100, |p| p.min(100));
                             tr {
                                 td { a href={ "/ui/usage?ns=" (q(&u.namespace)) } { (Shown(&u.namespace)) } }

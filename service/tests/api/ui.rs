@@ -444,12 +444,22 @@ async fn usage_and_retention_show_to_signed_in_users() {
     app.push_image("team/app", "old", "one").await;
     app.push_image("team/app", "release-1", "two").await;
     app.push_image("team/app", "new", "three").await;
-    let app = with_users(app, &[("alice", "alice-password")], TEAM_RULES, |_| {}).await;
+    app.push_image("team/secret", "v1", "four").await;
+    let rules =
+        format!("{TEAM_RULES}\n[[rules]]\nusers = [\"carol\"]\nrepositories = [\"team/app\"]\nactions = [\"pull\"]\n");
+    let users = [("alice", "alice-password"), ("carol", "carol-password")];
+    let app = with_users(app, &users, &rules, |_| {}).await;
     assert_eq!(app.get("/ui/usage").await.status(), StatusCode::SEE_OTHER, "anonymous visitors are sent to sign in");
     let alice = sign_in(&app, "alice", "alice-password").await;
     let (status, usage) = page_as(&app, "/ui/usage?ns=team", &alice).await;
     assert_eq!(status, StatusCode::OK);
     assert!(usage.contains("1.0 GiB") && usage.contains(">team<"), "{usage}");
+    assert!(usage.contains("2 repositories · ") && usage.contains("/ui/r/team/secret\""), "{usage}");
+    // carol may see team/app only: its size, but no total or quota that counts team/secret.
+    let carol = sign_in(&app, "carol", "carol-password").await;
+    let (_, usage) = page_as(&app, "/ui/usage?ns=team", &carol).await;
+    assert!(usage.contains("/ui/r/team/app\"") && !usage.contains("team/secret"), "{usage}");
+    assert!(usage.contains("No total") && !usage.contains("1.0 GiB") && !usage.contains(" repositories · "), "{usage}");
     let (_, repo) = page_as(&app, "/ui/r/team/app", &alice).await;
     // keep_last = 1 keeps `new`; release-1 is protected by an immutable rule; `old` goes.
     let row = |tag: &str| {
