@@ -71,6 +71,15 @@ pub struct Metrics {
     pub quota_limit: IntGaugeVec,
     /// Pushes refused, by reason: `quota`, `immutable`.
     pub refusals: IntCounterVec,
+    /// Requests to upstream registries, by upstream, kind (`manifest`, `blob`, `token`) and
+    /// status (or `unreachable`, `redirect_loop`).
+    pub upstream_requests: IntCounterVec,
+    /// Cached-repository answers, by upstream and result: `hit`, `miss`, `revalidated`
+    /// (a HEAD found the tag unchanged), `changed`, `stale` (upstream failed; the cached copy
+    /// was served), `followed` (a blob another request was fetching), `refused` (bad content).
+    pub upstream_cache: IntCounterVec,
+    /// Blob bytes fetched from upstream registries.
+    pub upstream_bytes: IntCounterVec,
     /// Pull times written to the database, and those lost to a failed flush.
     pub pulls_flushed: IntCounter,
 }
@@ -173,6 +182,24 @@ impl Metrics {
             auth: counter_vec(r, "berth_auth_total", "Authentication and authorisation outcomes", &["mode", "outcome"]),
             uploads_swept: counter(r, "berth_uploads_swept_total", "Abandoned uploads removed"),
             s3_requests: counter_vec(r, "berth_s3_requests_total", "Requests sent to the S3 store", &["operation"]),
+            upstream_requests: counter_vec(
+                r,
+                "berth_upstream_requests_total",
+                "Requests to upstream registries",
+                &["upstream", "kind", "status"],
+            ),
+            upstream_cache: counter_vec(
+                r,
+                "berth_upstream_cache_total",
+                "Answers from cached repositories, by result",
+                &["upstream", "result"],
+            ),
+            upstream_bytes: counter_vec(
+                r,
+                "berth_upstream_bytes_total",
+                "Blob bytes fetched from upstream",
+                &["upstream"],
+            ),
             gc_runs: counter_vec(r, "berth_gc_runs_total", "Collection runs made by this replica", &["result"]),
             gc_removed_blobs: counter(r, "berth_gc_removed_blobs_total", "Blobs the collector removed"),
             gc_removed_bytes: counter(r, "berth_gc_removed_bytes_total", "Bytes of the blobs the collector removed"),

@@ -8,7 +8,7 @@ use futures_util::TryStreamExt as _;
 use super::body::HeadBody;
 use super::error::ApiResult;
 use super::headers as h;
-use super::{State, authorized};
+use super::{State, authorized, authorized_pull};
 use crate::auth::Action;
 use crate::oci::Digest;
 use crate::registry::BlobContent;
@@ -29,9 +29,12 @@ fn blob_headers(response: &mut HttpResponseBuilder, digest: &Digest) {
 /// code that MUST be 200 OK … A registry SHOULD support the Range request header."
 pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
     let (name, d) = path.into_inner();
-    let name = authorized(&state, &req, &name, &[Action::Pull]).await?;
+    let (name, route) = authorized_pull(&state, &req, &name).await?;
     let digest = h::digest(&d)?;
-    let read = state.registry.read_blob(&name, &digest, h::range(req.headers())).await?;
+    let read = match &route {
+        Some(route) => state.registry.cached_blob(route, &digest, h::range(req.headers())).await?,
+        None => state.registry.read_blob(&name, &digest, h::range(req.headers())).await?,
+    };
     let (range, body) = match read.content {
         BlobContent::Redirect(url) => {
             crate::metrics::Metrics::get().bytes_redirected.inc_by(read.size);
@@ -64,9 +67,12 @@ pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String
 /// the size in bytes … in the header Content-Length."
 pub async fn head(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
     let (name, d) = path.into_inner();
-    let name = authorized(&state, &req, &name, &[Action::Pull]).await?;
+    let (name, route) = authorized_pull(&state, &req, &name).await?;
     let digest = h::digest(&d)?;
-    let size = state.registry.blob_size(&name, &digest).await?;
+    let size = match &route {
+        Some(route) => state.registry.cached_blob_size(route, &digest).await?,
+        None => state.registry.blob_size(&name, &digest).await?,
+    };
     let mut response = HttpResponse::Ok();
     blob_headers(&mut response, &digest);
     Ok(response.body(HeadBody(size)))

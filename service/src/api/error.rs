@@ -97,6 +97,7 @@ impl ApiError {
                 Error::LeaseLost => (S::SERVICE_UNAVAILABLE, Code::Unavailable),
                 Error::Unavailable { .. } | Error::TryAgain(_) => (S::SERVICE_UNAVAILABLE, Code::Unavailable),
                 Error::StorageFull(_) => (S::INSUFFICIENT_STORAGE, Code::Unavailable),
+                Error::BadUpstream(_) => (S::BAD_GATEWAY, Code::Unavailable),
                 Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, Code::Internal),
             },
             ApiError::NotFound(_) => (S::NOT_FOUND, Code::NameUnknown),

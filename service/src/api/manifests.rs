@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use super::body::{self, HeadBody};
 use super::error::ApiResult;
 use super::headers::{self as h};
-use super::{State, authorized};
+use super::{State, authorized, authorized_pull};
 use crate::auth::Action;
 use crate::metadata::StoredManifest;
 use crate::oci::{NameError, Reference, RepoName, Tag};
@@ -46,20 +46,40 @@ fn found(manifest: &StoredManifest) -> actix_web::HttpResponseBuilder {
 /// Content-Type header SHOULD match what the client pushed as the manifest's Content-Type."
 pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
     let (name, reference) = path.into_inner();
-    let name = authorized(&state, &req, &name, &[Action::Pull]).await?;
+    let (name, route) = authorized_pull(&state, &req, &name).await?;
     let reference = existing(&reference)?;
-    let manifest = state.registry.manifest(&name, &reference, true).await?;
+    let (manifest, stale) = match &route {
+        Some(route) => {
+            let served = state.registry.cached_manifest(route, &reference, true).await?;
+            (served.manifest, served.stale)
+        }
+        None => (state.registry.manifest(&name, &reference, true).await?, false),
+    };
     let payload = manifest.payload.clone().unwrap_or_default();
-    Ok(found(&manifest).body(payload))
+    Ok(with_warning(found(&manifest), stale).body(payload))
+}
+
+/// A cached copy served because its upstream failed says so (RFC 9111's `110`).
+fn with_warning(mut response: actix_web::HttpResponseBuilder, stale: bool) -> actix_web::HttpResponseBuilder {
+    if stale {
+        response.insert_header(("warning", "110 berth \"Response is Stale: the upstream registry is unavailable\""));
+    }
+    response
 }
 
 /// `HEAD /v2/<name>/manifests/<tag-or-digest>`: the headers of a GET, from metadata alone.
 pub async fn head(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
     let (name, reference) = path.into_inner();
-    let name = authorized(&state, &req, &name, &[Action::Pull]).await?;
+    let (name, route) = authorized_pull(&state, &req, &name).await?;
     let reference = existing(&reference)?;
-    let manifest = state.registry.manifest(&name, &reference, false).await?;
-    Ok(found(&manifest).body(HeadBody(manifest.size)))
+    let (manifest, stale) = match &route {
+        Some(route) => {
+            let served = state.registry.cached_manifest(route, &reference, false).await?;
+            (served.manifest, served.stale)
+        }
+        None => (state.registry.manifest(&name, &reference, false).await?, false),
+    };
+    Ok(with_warning(found(&manifest), stale).body(HeadBody(manifest.size)))
 }
 
 /// `PUT /v2/<name>/manifests/<tag-or-digest>[?tag=<tag>…]`

@@ -114,8 +114,44 @@ fn caller(state: &AppState, req: &HttpRequest) -> Caller {
 }
 
 /// Parses the repository name and checks that the request may act on it.
+/// A cached repository (`[[upstream]]`) is read-only but to that upstream's `admins`.
 async fn authorized(state: &AppState, req: &HttpRequest, name: &str, actions: &[Action]) -> ApiResult<RepoName> {
     let name = repository(name)?;
-    state.auth.check(&caller(state, req), Scope::Repository(&name, actions)).await?;
+    let who = state.auth.check(&caller(state, req), Scope::Repository(&name, actions)).await?;
+    if actions.iter().any(|a| *a != Action::Pull)
+        && let Some(route) = state.registry.upstreams().route(name.as_str())
+    {
+        let admin = matches!(&who, crate::auth::Identity::User(u) if route.upstream.admins.contains(u));
+        if !admin {
+            return Err(crate::registry::Error::Denied(format!(
+                "{name} is a read-only cache of the upstream registry {} ({}); push to a repository outside {}/",
+                route.upstream.name, route.upstream.url, route.upstream.name
+            ))
+            .into());
+        }
+    }
     Ok(name)
+}
+
+/// For reads: the repository, checked for `pull`, and the upstream it caches when it is a
+/// cached one: by its first path component, or, for a containerd mirror request
+/// (`?ns=docker.io`), by the upstream registry's host.
+async fn authorized_pull<'s>(
+    state: &'s AppState,
+    req: &HttpRequest,
+    name: &str,
+) -> ApiResult<(RepoName, Option<crate::registry::upstream::Route<'s>>)> {
+    let upstreams = state.registry.upstreams();
+    let route = if upstreams.is_empty() {
+        None
+    } else {
+        let ns = form_urlencoded::parse(req.query_string().as_bytes()).find(|(k, _)| k == "ns").map(|(_, v)| v);
+        match ns {
+            Some(ns) => upstreams.mirror(&ns, name),
+            None => upstreams.route(name),
+        }
+    };
+    let local = route.as_ref().map_or(name, |r| r.local.as_str());
+    let name = authorized(state, req, local, &[Action::Pull]).await?;
+    Ok((name, route))
 }

@@ -165,7 +165,7 @@ fn typed(defaults: &Table, key: &str, raw: &str) -> Result<toml::Value, String> 
 }
 
 /// The settings written as arrays of tables, in the config file only.
-pub const TABLES: &[&str] = &["retention", "immutable", "quota"];
+pub const TABLES: &[&str] = &["retention", "immutable", "quota", "upstream"];
 
 /// Checks each `[[key]]` table on its own, so that a mistake names its entry and line.
 fn check_tables(defaults: &Table, path: &Path, text: &str, key: &str, value: &toml::Value) -> Result<(), ConfigError> {

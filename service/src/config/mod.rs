@@ -282,6 +282,8 @@ pub struct Settings {
     pub immutable: Vec<ImmutableEntry>,
     /// Quotas per namespace, `[[quota]]` tables of the config file only.
     pub quota: Vec<QuotaEntry>,
+    /// Upstream registries to cache, `[[upstream]]` tables of the config file only.
+    pub upstream: Vec<crate::registry::upstream::UpstreamEntry>,
 }
 
 impl Default for Settings {
@@ -355,6 +357,7 @@ impl Default for Settings {
             retention: Vec::new(),
             immutable: Vec::new(),
             quota: Vec::new(),
+            upstream: Vec::new(),
         }
     }
 }
@@ -413,7 +416,13 @@ impl Settings {
                 batch: self.gc_batch,
                 pull_flush: Duration::from_secs(self.pull_flush_interval),
             },
+            upstreams: std::sync::Arc::new(self.upstreams()?),
         })
+    }
+
+    /// The `[[upstream]]` entries, compiled (their HTTP clients made, password files read).
+    pub fn upstreams(&self) -> Result<crate::registry::upstream::Upstreams, ConfigError> {
+        crate::registry::upstream::Upstreams::compile(&self.upstream, self.max_manifest_size).map_err(ConfigError)
     }
 
     /// The retention, immutable and quota rules, compiled.
@@ -441,6 +450,7 @@ impl Settings {
     /// Checks what the types cannot: ranges, and settings that only make sense together.
     pub fn validate(&self) -> Result<(), String> {
         self.lifecycle().map_err(|e| e.0)?;
+        self.upstreams().map_err(|e| e.0)?;
         if self.gc_lease_ttl < 2 {
             return Err(format!("BERTH_GC_LEASE_TTL is {} but the lease needs at least 2 seconds", self.gc_lease_ttl));
         }

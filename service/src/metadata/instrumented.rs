@@ -167,6 +167,14 @@ impl MetadataStore for Instrumented {
         timed(self.kind(), "tags_of", self.0.tags_of(repository, digest)).await
     }
 
+    async fn tag_checked_at(&self, repository: &RepoName, tag: &Tag) -> Result<Option<i64>, MetadataError> {
+        timed(self.kind(), "tag_checked_at", self.0.tag_checked_at(repository, tag)).await
+    }
+
+    async fn mark_tag_checked(&self, repository: &RepoName, tag: &Tag, at: i64) -> Result<(), MetadataError> {
+        timed(self.kind(), "mark_tag_checked", self.0.mark_tag_checked(repository, tag, at)).await
+    }
+
     async fn record_pulls(&self, pulls: &[(RepoName, Reference, SystemTime)]) -> Result<(), MetadataError> {
         timed(self.kind(), "record_pulls", self.0.record_pulls(pulls)).await
     }

@@ -130,6 +130,9 @@ pub struct NewManifest {
     pub blobs: Vec<(Digest, u64)>,
     /// Manifests it needs in the repository, with the sizes its descriptors give.
     pub manifests: Vec<(Digest, u64)>,
+    /// Stored without what it needs being there yet: a manifest fetched from an upstream
+    /// registry, whose blobs and platform manifests are fetched when a client asks for them.
+    pub lazy: bool,
 }
 
 /// What became of [`MetadataStore::put_manifest`].
@@ -346,6 +349,12 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// The tags pointing at a manifest.
     async fn tags_of(&self, repository: &RepoName, digest: &Digest) -> Result<Vec<Tag>, MetadataError>;
+
+    /// When a cached tag was last checked against its upstream (milliseconds since the epoch).
+    async fn tag_checked_at(&self, repository: &RepoName, tag: &Tag) -> Result<Option<i64>, MetadataError>;
+
+    /// Records that a cached tag was checked against its upstream at `at`.
+    async fn mark_tag_checked(&self, repository: &RepoName, tag: &Tag, at: i64) -> Result<(), MetadataError>;
 
     /// Records pulls (latest time per tag or digest), never moving a time backwards.
     async fn record_pulls(&self, pulls: &[(RepoName, Reference, SystemTime)]) -> Result<(), MetadataError>;

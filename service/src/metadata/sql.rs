@@ -929,7 +929,7 @@ impl MetadataStore for SqlMetadata {
                 Some(_) => {}
             }
         }
-        if !missing.is_empty() {
+        if !missing.is_empty() && !m.lazy {
             return Ok(PutManifest::Missing(missing));
         }
         if !wrong_size.is_empty() {
@@ -1296,6 +1296,36 @@ impl MetadataStore for SqlMetadata {
                 name.parse().map_err(|e| MetadataError::Other(format!("stored tag {name:?}: {e}")))
             })
             .collect()
+    }
+
+    async fn tag_checked_at(&self, repository: &RepoName, tag: &Tag) -> Result<Option<i64>, MetadataError> {
+        let row = sqlx::query(
+            "SELECT t.checked_at FROM tags t JOIN repositories r ON r.id = t.repository_id \
+             WHERE r.name = $1 AND t.name = $2",
+        )
+        .bind(repository.as_str())
+        .bind(tag.as_str())
+        .fetch_optional(&self.reads)
+        .await
+        .map_err(db_error)?;
+        match row {
+            Some(r) => column::<Option<i64>>(&r, 0),
+            None => Ok(None),
+        }
+    }
+
+    async fn mark_tag_checked(&self, repository: &RepoName, tag: &Tag, at: i64) -> Result<(), MetadataError> {
+        sqlx::query(
+            "UPDATE tags SET checked_at = $3 WHERE name = $2 \
+             AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+        )
+        .bind(repository.as_str())
+        .bind(tag.as_str())
+        .bind(at)
+        .execute(&self.writes)
+        .await
+        .map_err(db_error)?;
+        Ok(())
     }
 
     async fn record_pulls(&self, pulls: &[(RepoName, Reference, SystemTime)]) -> Result<(), MetadataError> {

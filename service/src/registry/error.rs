@@ -62,6 +62,10 @@ pub enum Error {
     /// operator frees some. What was stored before is untouched. The detail is for the log.
     #[error("the registry's storage is full ({0}); nothing more can be stored until space is freed")]
     StorageFull(String),
+    /// An upstream registry sent what Berth refuses to cache (bytes that do not match their
+    /// digest, a manifest over the limit, a redirect loop): 502.
+    #[error("{0}")]
+    BadUpstream(String),
     /// Something that is not the client's doing; the detail is for the log.
     #[error("internal error: {0}")]
     Internal(String),

@@ -54,28 +54,8 @@ impl Registry {
         if tags.len() > MAX_TAGS_PER_PUSH {
             return Err(Error::TooManyTags { limit: MAX_TAGS_PER_PUSH });
         }
-        let parsed = ParsedManifest::parse(content_type, &body).map_err(|e| match e {
-            ManifestError::Invalid(_)
-            | ManifestError::Schema1
-            | ManifestError::UnsupportedMediaType(_)
-            | ManifestError::MediaTypeMismatch { .. } => Error::ManifestInvalid(e.to_string()),
-        })?;
-        let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
-        let annotations = match &parsed.annotations {
-            Some(a) => Some(serde_json::to_string(a).map_err(|e| Error::Internal(e.to_string()))?),
-            None => None,
-        };
-        let record = NewManifest {
-            repository: repository.clone(),
-            digest: digest.clone(),
-            media_type: parsed.media_type.clone(),
-            artifact_type: parsed.artifact_type.clone(),
-            subject: subject.clone(),
-            annotations,
-            blobs: parsed.required_blobs().map(|d| (d.digest.clone(), d.size)).collect(),
-            manifests: parsed.manifests.iter().map(|d| (d.digest.clone(), d.size)).collect(),
-            payload: body.to_vec(),
-        };
+        let record = self.manifest_record(repository, &digest, content_type, body, false)?;
+        let subject = record.subject.clone();
         let rules = self.lifecycle();
         let fixed: Vec<Tag> =
             tags.iter().filter(|t| rules.fixing(repository.as_str(), t.as_str()).next().is_some()).cloned().collect();
@@ -95,6 +75,40 @@ impl Registry {
                 digests.iter().map(Digest::as_str).collect::<Vec<_>>().join(", ")
             ))),
         }
+    }
+
+    /// The record of a manifest about to be stored: parsed, with what it needs. `lazy` for a
+    /// manifest fetched from upstream, stored before what it lists.
+    pub(crate) fn manifest_record(
+        &self,
+        repository: &RepoName,
+        digest: &Digest,
+        content_type: Option<&str>,
+        body: Bytes,
+        lazy: bool,
+    ) -> Result<NewManifest, Error> {
+        let parsed = ParsedManifest::parse(content_type, &body).map_err(|e| match e {
+            ManifestError::Invalid(_)
+            | ManifestError::Schema1
+            | ManifestError::UnsupportedMediaType(_)
+            | ManifestError::MediaTypeMismatch { .. } => Error::ManifestInvalid(e.to_string()),
+        })?;
+        let annotations = match &parsed.annotations {
+            Some(a) => Some(serde_json::to_string(a).map_err(|e| Error::Internal(e.to_string()))?),
+            None => None,
+        };
+        Ok(NewManifest {
+            repository: repository.clone(),
+            digest: digest.clone(),
+            media_type: parsed.media_type.clone(),
+            artifact_type: parsed.artifact_type.clone(),
+            subject: parsed.subject.as_ref().map(|s| s.digest.clone()),
+            annotations,
+            blobs: parsed.required_blobs().map(|d| (d.digest.clone(), d.size)).collect(),
+            manifests: parsed.manifests.iter().map(|d| (d.digest.clone(), d.size)).collect(),
+            payload: body.to_vec(),
+            lazy,
+        })
     }
 
     /// A manifest by tag or digest (`GET`/`HEAD`); the payload only when `with_payload`.

@@ -13,6 +13,7 @@ pub mod lifecycle;
 mod listing;
 mod manifests;
 mod uploads;
+pub mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,8 @@ pub struct Policy {
     pub lifecycle: lifecycle::Lifecycle,
     /// The collector in `serve`.
     pub collector: lifecycle::Collector,
+    /// Upstream registries cached here (`[[upstream]]`).
+    pub upstreams: std::sync::Arc<upstream::Upstreams>,
 }
 
 impl Default for Policy {
@@ -69,6 +72,7 @@ impl Default for Policy {
             upload_idle_timeout: Duration::from_secs(3600),
             lifecycle: lifecycle::Lifecycle::default(),
             collector: lifecycle::Collector::default(),
+            upstreams: std::sync::Arc::default(),
         }
     }
 }
@@ -98,6 +102,10 @@ impl Registry {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    pub fn upstreams(&self) -> &upstream::Upstreams {
+        &self.policy.upstreams
     }
 
     fn check_delete_enabled(&self) -> Result<(), Error> {

@@ -56,6 +56,18 @@ impl SessionStore for Instrumented {
         timed(self.kind(), "delete", self.0.delete(id)).await
     }
 
+    async fn lease(&self, key: &str, ttl: Duration) -> Result<Option<LockToken>, SessionError> {
+        timed(self.kind(), "lease", self.0.lease(key, ttl)).await
+    }
+
+    async fn renew_lease(&self, key: &str, token: &LockToken, ttl: Duration) -> Result<bool, SessionError> {
+        timed(self.kind(), "renew_lease", self.0.renew_lease(key, token, ttl)).await
+    }
+
+    async fn release_lease(&self, key: &str, token: &LockToken) -> Result<(), SessionError> {
+        timed(self.kind(), "release_lease", self.0.release_lease(key, token)).await
+    }
+
     async fn ping(&self) -> Result<(), SessionError> {
         timed(self.kind(), "ping", self.0.ping()).await
     }

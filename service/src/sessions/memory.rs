@@ -12,6 +12,7 @@ use super::{LockToken, SessionError, SessionStore, UploadSession};
 pub struct MemorySessions {
     idle_timeout: Duration,
     entries: Mutex<HashMap<String, Entry>>,
+    leases: Mutex<HashMap<String, (LockToken, Instant)>>,
 }
 
 struct Entry {
@@ -36,7 +37,7 @@ impl Entry {
 impl MemorySessions {
     /// Sessions not saved for `idle_timeout` are gone.
     pub fn new(idle_timeout: Duration) -> MemorySessions {
-        MemorySessions { idle_timeout, entries: Mutex::new(HashMap::new()) }
+        MemorySessions { idle_timeout, entries: Mutex::new(HashMap::new()), leases: Mutex::default() }
     }
 
     fn with_live<T>(&self, id: &str, f: impl FnOnce(&mut Entry, Instant) -> T) -> Option<T> {
@@ -59,6 +60,38 @@ impl MemorySessions {
 
 #[async_trait]
 impl SessionStore for MemorySessions {
+    async fn lease(&self, key: &str, ttl: Duration) -> Result<Option<LockToken>, SessionError> {
+        let now = Instant::now();
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases.retain(|_, (_, expires)| *expires > now);
+        if leases.contains_key(key) {
+            return Ok(None);
+        }
+        let token = LockToken::random();
+        leases.insert(key.to_owned(), (token.clone(), now + ttl));
+        Ok(Some(token))
+    }
+
+    async fn renew_lease(&self, key: &str, token: &LockToken, ttl: Duration) -> Result<bool, SessionError> {
+        let now = Instant::now();
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        match leases.get_mut(key) {
+            Some((held, expires)) if held == token && *expires > now => {
+                *expires = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release_lease(&self, key: &str, token: &LockToken) -> Result<(), SessionError> {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        if leases.get(key).is_some_and(|(held, _)| held == token) {
+            leases.remove(key);
+        }
+        Ok(())
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
     }

@@ -86,6 +86,17 @@ pub trait SessionStore: Send + Sync + 'static {
 
     async fn delete(&self, id: &str) -> Result<(), SessionError>;
 
+    /// Takes the lease `key` (no session behind it) for `ttl`; `None` while someone else holds
+    /// it. One holder at a time across every replica sharing the store: the upstream fetch of
+    /// a blob is made once.
+    async fn lease(&self, key: &str, ttl: Duration) -> Result<Option<LockToken>, SessionError>;
+
+    /// Extends a held lease by `ttl` from now; `false` when it is no longer the caller's.
+    async fn renew_lease(&self, key: &str, token: &LockToken, ttl: Duration) -> Result<bool, SessionError>;
+
+    /// Gives a lease up, if `token` still holds it.
+    async fn release_lease(&self, key: &str, token: &LockToken) -> Result<(), SessionError>;
+
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), SessionError>;
 }

@@ -5,6 +5,8 @@
 //!   save and every lock renewal pushes the expiry back.
 //! - `<prefix>lock:<id>`: the lock holder's token, expiring after the lock's TTL, so that a
 //!   replica that dies holding it blocks the upload for no longer than that.
+//! - `<prefix>lease:<key>`: a lease with no session behind it (the upstream fetch of a blob),
+//!   its holder's token, expiring after its TTL.
 //!
 //! Every check-and-change (lock only an existing session, save or renew only with the
 //! current token) is one Lua script, so it is atomic in Redis.
@@ -54,6 +56,13 @@ return 1
 /// KEYS: lock. ARGV: token.
 const UNLOCK: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"#;
+
+/// KEYS: lease. ARGV: token, TTL in ms.
+const RENEW_LEASE: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 "#;
 
@@ -111,6 +120,10 @@ impl RedisSessions {
 
     fn session_key(&self, id: &str) -> String {
         format!("{}session:{id}", self.prefix)
+    }
+
+    fn lease_key(&self, key: &str) -> String {
+        format!("{}lease:{key}", self.prefix)
     }
 
     fn lock_key(&self, id: &str) -> String {
@@ -194,6 +207,45 @@ impl SessionStore for RedisSessions {
         let _: i64 = self
             .unlock
             .key(self.lock_key(id))
+            .arg(&token.0)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn lease(&self, key: &str, ttl: Duration) -> Result<Option<LockToken>, SessionError> {
+        let token = LockToken::random();
+        let mut connection = self.connection.clone();
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(self.lease_key(key))
+            .arg(&token.0)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl))
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        Ok(taken.is_some().then_some(token))
+    }
+
+    async fn renew_lease(&self, key: &str, token: &LockToken, ttl: Duration) -> Result<bool, SessionError> {
+        let mut connection = self.connection.clone();
+        let renewed: i64 = Script::new(RENEW_LEASE)
+            .key(self.lease_key(key))
+            .arg(&token.0)
+            .arg(millis(ttl))
+            .invoke_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        Ok(renewed == 1)
+    }
+
+    async fn release_lease(&self, key: &str, token: &LockToken) -> Result<(), SessionError> {
+        let mut connection = self.connection.clone();
+        let _: i64 = self
+            .unlock
+            .key(self.lease_key(key))
             .arg(&token.0)
             .invoke_async(&mut connection)
             .await

@@ -225,6 +225,7 @@ async fn a_browser_signs_in_browses_copies_and_deletes() {
     shoot(&b, "hostile-light").await;
     // A referrer, from its subject's page, links back.
     let signature = b.find(Locator::Css("ul.referrers a")).await.unwrap();
+    let referrer_path = signature.attr("href").await.unwrap().unwrap();
     click_to_load(&b, signature).await;
     let text = b.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
     assert!(text.contains("Refers to") && text.contains(image.as_str()), "{text}");
@@ -260,6 +261,7 @@ async fn a_browser_signs_in_browses_copies_and_deletes() {
         ("index", "/ui/r/demo/multi/-/m/latest".to_owned()),
         ("manifest", format!("/ui/r/demo/multi/-/m/{}", index[1])),
         ("hostile", "/ui/r/demo/hostile/-/m/v1".to_owned()),
+        ("referrer", referrer_path.clone()),
         ("delete", "/ui/r/demo/multi/-/delete?tag=latest".to_owned()),
         ("usage", "/ui/usage?ns=demo".to_owned()),
     ];
@@ -286,7 +288,10 @@ async fn a_browser_signs_in_browses_copies_and_deletes() {
     // bob, who may pull only, sees no delete control.
     click_to_load(&b, b.find(Locator::Css("form.signout button")).await.unwrap()).await;
     assert!(b.get_named_cookie("berth_session").await.is_err(), "signed out");
+    script(&b, "localStorage.setItem('berth-theme', 'dark');").await;
     follow(&b, "Sign in").await;
+    assert_ne!(background(&b).await, light);
+    shoot(&b, "login-dark").await;
     sign_in(&b, "bob", "bob-password").await;
     b.find(Locator::Css("form.signout")).await.unwrap();
     for path in ["/ui/r/demo/multi", "/ui/r/demo/multi/-/m/latest"] {

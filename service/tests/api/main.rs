@@ -29,3 +29,4 @@ mod shared;
 mod storage_full;
 mod ui;
 mod uploads;
+mod upstream;

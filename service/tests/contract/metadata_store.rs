@@ -36,6 +36,7 @@ fn manifest(repository: &str, payload: &str, blobs: Vec<(Digest, u64)>) -> NewMa
         annotations: None,
         blobs,
         manifests: Vec::new(),
+        lazy: false,
     }
 }
 

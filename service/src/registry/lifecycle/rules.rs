@@ -106,7 +106,7 @@ impl ByteSize {
 pub struct RepoPattern(String);
 
 impl RepoPattern {
-    fn parse(pattern: &str) -> Result<RepoPattern, String> {
+    pub(crate) fn parse(pattern: &str) -> Result<RepoPattern, String> {
         if pattern.is_empty() || pattern.contains("{user}") {
             return Err(format!("repositories = {pattern:?}: expected a pattern such as \"team/**\""));
         }

@@ -1,0 +1,209 @@
+//! Pull-through caching (`[[upstream]]`): a second Berth, a `berth serve` process with token
+//! authentication, is the upstream; its own `/metrics` count what reaches it.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use berth::registry::upstream::UpstreamEntry;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const METRICS_TOKEN: &str = "upstream-metrics-token";
+
+/// The upstream registry: `berth serve` in token mode, with a user `mirror` that Berth
+/// authenticates as, and a client that may push anything (a token for each repository used).
+struct Upstream {
+    app: TestApp,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Upstream {
+    async fn start(repositories: &[&str]) -> Upstream {
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        berth::auth::htpasswd::add_user(&htpasswd, "mirror", "mirror-password").unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("serve")
+            .env("BERTH_LISTEN", &listen)
+            .env("BERTH_DATA_DIR", dir.path())
+            .env("BERTH_AUTH", "token")
+            .env("BERTH_HTPASSWD", &htpasswd)
+            .env("BERTH_EXTERNAL_URL", format!("http://{listen}"))
+            .env("BERTH_METRICS_TOKEN", METRICS_TOKEN)
+            .env("BERTH_TOKEN_TTL", "3600")
+            .env("BERTH_SERVICE", "registry.test")
+            .env("BERTH_GC_INTERVAL", "0")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("berth.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut app = attach(KillOnDrop(child), berth::config::Settings { listen, ..Default::default() }, dir).await;
+        let scopes: Vec<String> = repositories.iter().map(|r| format!("repository:{r}:pull,push")).collect();
+        let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+        let token = crate::auth::token(&app, Some(("mirror", "mirror-password")), &scopes).await;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        app.client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .default_headers(headers)
+            .build()
+            .unwrap();
+        Upstream { app }
+    }
+
+    fn entry(&self, name: &str, ttl: &str) -> UpstreamEntry {
+        UpstreamEntry {
+            name: name.into(),
+            url: self.app.base.clone(),
+            username: Some("mirror".into()),
+            password: Some("mirror-password".into()),
+            ttl: Some(ttl.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Requests the upstream answered, by method and route pattern.
+    async fn requests(&self, method: &str, route: &str) -> u64 {
+        let r = reqwest::Client::new().get(self.app.url("/metrics")).bearer_auth(METRICS_TOKEN).send().await.unwrap();
+        let text = r.text().await.unwrap();
+        let (method, route) = (format!("method=\"{method}\""), format!("route=\"{route}\""));
+        text.lines()
+            // Answered with content: a 401 that starts the token flow fetches nothing.
+            .filter(|l| l.starts_with("berth_http_requests_total{") && l.contains(&method) && l.contains(&route))
+            .filter(|l| l.contains("status=\"2"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    async fn blob_gets(&self) -> u64 {
+        self.requests("GET", "/v2/{name}/blobs/{digest}").await
+    }
+
+    async fn manifest_requests(&self) -> (u64, u64) {
+        let route = "/v2/{name}/manifests/{reference}";
+        (self.requests("HEAD", route).await, self.requests("GET", route).await)
+    }
+}
+
+async fn pull_manifest(app: &TestApp, path: &str) -> reqwest::Response {
+    app.request(Method::GET, path).header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}")).send().await.unwrap()
+}
+
+/// Pulls an image through `app` at `repo:reference` and checks every byte; its digest.
+async fn pull_image(app: &TestApp, repo: &str, reference: &str) -> String {
+    let r = pull_manifest(app, &format!("/v2/{repo}/manifests/{reference}")).await;
+    assert_eq!(r.status(), StatusCode::OK, "{repo}:{reference}: {}", r.text().await.unwrap());
+    let digest = header(&r, "docker-content-digest").unwrap().to_owned();
+    let manifest: Value = r.json().await.unwrap();
+    let blobs = std::iter::once(&manifest["config"]).chain(manifest["layers"].as_array().unwrap());
+    for blob in blobs {
+        let d = blob["digest"].as_str().unwrap();
+        let r = app.get(&format!("/v2/{repo}/blobs/{d}")).await;
+        assert_eq!(r.status(), StatusCode::OK, "{d}");
+        assert_eq!(sha256(&r.bytes().await.unwrap()).as_str(), d, "the bytes of {d}");
+    }
+    digest
+}
+
+#[tokio::test]
+async fn cold_warm_and_changed_pulls_ask_upstream_only_what_they_must() {
+    let upstream = Upstream::start(&["team/app"]).await;
+    let v1 = upstream.app.push_image("team/app", "v1", "first").await;
+    let app = spawn_with(|s| s.upstream = vec![upstream.entry("hub", "2s")]).await;
+
+    // Cold: the manifest and both blobs come from upstream, once.
+    assert_eq!(pull_image(&app, "hub/team/app", "v1").await, v1.digest.as_str());
+    assert_eq!(upstream.blob_gets().await, 2, "config and layer");
+    let (heads, gets) = upstream.manifest_requests().await;
+    assert_eq!((heads, gets), (0, 1));
+    // Warm: nothing reaches upstream.
+    assert_eq!(pull_image(&app, "hub/team/app", "v1").await, v1.digest.as_str());
+    assert_eq!(pull_image(&app, "hub/team/app", v1.digest.as_str()).await, v1.digest.as_str());
+    assert_eq!(upstream.blob_gets().await, 2, "a warm pull fetches no blob");
+    assert_eq!(upstream.manifest_requests().await, (0, 1), "nor a manifest within the ttl");
+
+    // After the ttl, a HEAD finds it unchanged: no GET.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(pull_image(&app, "hub/team/app", "v1").await, v1.digest.as_str());
+    assert_eq!(upstream.manifest_requests().await, (1, 1), "revalidated with a HEAD");
+
+    // The tag moves upstream: unseen until the ttl runs out, then one HEAD and one GET.
+    let v2 = upstream.app.push_image("team/app", "v1", "second").await;
+    assert_eq!(pull_image(&app, "hub/team/app", "v1").await, v1.digest.as_str(), "within the ttl");
+    assert_eq!(upstream.manifest_requests().await, (1, 1), "no request within the ttl");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(pull_image(&app, "hub/team/app", "v1").await, v2.digest.as_str(), "seen after the ttl");
+    assert_eq!(upstream.manifest_requests().await, (2, 2), "a HEAD, then the GET of what changed");
+    assert_eq!(upstream.blob_gets().await, 4, "only the new config and layer");
+
+    // The same through the containerd mirror path: `?ns=` names the upstream by its host.
+    let host = upstream.app.base.trim_start_matches("http://");
+    let r = pull_manifest(&app, &format!("/v2/team/app/manifests/{}?ns={host}", v2.digest)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(upstream.manifest_requests().await, (2, 2), "cached: one host for every upstream");
+
+    // Cached repositories are read-only.
+    let r = app.put_manifest("hub/team/app", "mine", OCI_MANIFEST, &v1.bytes).await;
+    let body = assert_error(r, StatusCode::FORBIDDEN, "DENIED").await;
+    assert!(body.to_string().contains("read-only cache"), "{body}");
+    let r = app.request(Method::POST, "/v2/hub/team/app/blobs/uploads/").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn an_index_is_fetched_without_its_platforms() {
+    let upstream = Upstream::start(&["multi/app"]).await;
+    let mut entries = Vec::new();
+    for (arch, seed) in [("amd64", "a"), ("arm64", "b"), ("s390x", "c")] {
+        let image = upstream.app.push_image("multi/app", arch, seed).await;
+        entries.push(json!({"mediaType": OCI_MANIFEST, "digest": image.digest.as_str(), "size": image.bytes.len(),
+            "platform": {"os": "linux", "architecture": arch}}));
+    }
+    let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})).unwrap();
+    assert_eq!(upstream.app.put_manifest("multi/app", "latest", OCI_INDEX, &index).await.status(), StatusCode::CREATED);
+    let app = spawn_with(|s| s.upstream = vec![upstream.entry("hub", "10m")]).await;
+
+    let r = pull_manifest(&app, "/v2/hub/multi/app/manifests/latest").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), index.as_slice(), "byte for byte");
+    assert_eq!(upstream.manifest_requests().await, (0, 1), "the index only");
+    // One platform, as a client picks it.
+    let arm = entries[1]["digest"].as_str().unwrap();
+    assert_eq!(pull_image(&app, "hub/multi/app", arm).await, arm);
+    assert_eq!(upstream.manifest_requests().await, (0, 2), "and the platform asked for");
+    assert_eq!(upstream.blob_gets().await, 2, "its config and layer only");
+}
+
+#[tokio::test]
+async fn a_cached_image_still_pulls_when_upstream_is_down() {
+    let upstream = Upstream::start(&["team/app"]).await;
+    let v1 = upstream.app.push_image("team/app", "v1", "first").await;
+    let app = spawn_with(|s| s.upstream = vec![upstream.entry("hub", "1s")]).await;
+    assert_eq!(pull_image(&app, "hub/team/app", "v1").await, v1.digest.as_str());
+    drop(upstream);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // Past its ttl, the tag is served from the cache, saying so.
+    let r = pull_manifest(&app, "/v2/hub/team/app/manifests/v1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(header(&r, "warning").is_some_and(|w| w.starts_with("110 ")), "{:?}", r.headers());
+    assert_eq!(pull_image(&app, "hub/team/app", "v1").await, v1.digest.as_str());
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("berth_upstream_cache_total{") && l.contains("result=\"stale\"")),
+        "counted as stale"
+    );
+
+    // What is not cached: a clear, retryable error.
+    let r = pull_manifest(&app, "/v2/hub/team/app/manifests/v2").await;
+    let body = assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE").await;
+    let message = body["errors"][0]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("upstream registry hub is unavailable") && message.contains("not cached"), "{message}");
+    println!("upstream down, nothing cached: 503 {message}");
+}
