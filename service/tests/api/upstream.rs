@@ -207,3 +207,148 @@ async fn a_cached_image_still_pulls_when_upstream_is_down() {
     assert!(message.contains("upstream registry hub is unavailable") && message.contains("not cached"), "{message}");
     println!("upstream down, nothing cached: 503 {message}");
 }
+
+#[tokio::test]
+async fn concurrent_cold_pulls_through_two_replicas_fetch_a_blob_once() {
+    let upstream = Upstream::start(&["big/app"]).await;
+    let layer = pattern(100 << 20);
+    let layer_digest = upstream.app.push_blob("big/app", &layer).await;
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let config_digest = upstream.app.push_blob("big/app", &config).await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest.as_str(), "size": config.len()},
+        "layers": [{"mediaType": OCI_LAYER, "digest": layer_digest.as_str(), "size": layer.len()}],
+    }))
+    .unwrap();
+    assert_eq!(upstream.app.put_manifest("big/app", "v1", OCI_MANIFEST, &manifest).await.status(), StatusCode::CREATED);
+
+    // Two replicas on one PostgreSQL, Redis and S3.
+    let (database, prefix, bucket) = (
+        crate::pgsupport::fresh_database().await,
+        crate::redissupport::fresh_prefix(),
+        crate::s3support::fresh_bucket().await,
+    );
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let (database, prefix, bucket, entry) =
+            (database.clone(), prefix.clone(), bucket.clone(), upstream.entry("hub", "10m"));
+        replicas.push(
+            spawn_with(move |s| {
+                crate::s3support::configure(s, &bucket);
+                s.s3_redirect = false;
+                s.database_url = Some(database);
+                s.redis_url = Some(berth::config::Secret::new(crate::redissupport::url()));
+                s.redis_prefix = prefix;
+                s.upstream = vec![entry];
+            })
+            .await,
+        );
+    }
+    let r = pull_manifest(&replicas[0], "/v2/hub/big/app/manifests/v1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // 8 clients at once, 4 on each replica, all cold.
+    let path = format!("/v2/hub/big/app/blobs/{layer_digest}");
+    let pulls = (0..8).map(|i| {
+        let (app, path) = (&replicas[i % 2], path.clone());
+        async move {
+            let r = app.get(&path).await;
+            assert_eq!(r.status(), StatusCode::OK, "client {i}");
+            sha256(&r.bytes().await.unwrap())
+        }
+    });
+    for digest in futures_util::future::join_all(pulls).await {
+        assert_eq!(digest, layer_digest, "every client gets the whole layer");
+    }
+    assert_eq!(upstream.blob_gets().await, 1, "one upstream GET for 8 pulls through 2 replicas");
+    println!(
+        "8 concurrent cold pulls of a 100 MiB layer through 2 replicas: {} upstream blob GET",
+        upstream.blob_gets().await
+    );
+}
+
+/// An upstream that misbehaves: a blob whose bytes are not its digest's, a manifest over the
+/// size limit, a redirect to itself.
+async fn bad_upstream() -> (String, berth::oci::Digest) {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    let good = b"the bytes the digest is of".to_vec();
+    let digest = sha256(&good);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": digest.as_str(), "size": good.len()},
+        "layers": [],
+    }))
+    .unwrap();
+    let huge = format!("{{\"schemaVersion\":2,\"mediaType\":\"{OCI_MANIFEST}\",\"pad\":\"{}\"}}", "x".repeat(5 << 20));
+    let evil = vec![b'x'; good.len()];
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = HttpServer::new(move || {
+        let (manifest, huge, evil) = (manifest.clone(), huge.clone(), evil.clone());
+        App::new()
+            .route(
+                "/v2/bad/app/manifests/v1",
+                web::get().to(move || {
+                    let m = manifest.clone();
+                    async move { HttpResponse::Ok().content_type(OCI_MANIFEST).body(m) }
+                }),
+            )
+            .route(
+                "/v2/bad/app/blobs/{digest}",
+                web::get().to(move || {
+                    let e = evil.clone();
+                    async move { HttpResponse::Ok().content_type("application/octet-stream").body(e) }
+                }),
+            )
+            .route(
+                "/v2/bad/huge/manifests/v1",
+                web::get().to(move || {
+                    let h = huge.clone();
+                    async move { HttpResponse::Ok().content_type(OCI_MANIFEST).body(h) }
+                }),
+            )
+            .route(
+                "/v2/bad/loop/manifests/v1",
+                web::get().to(|| async {
+                    HttpResponse::Found().insert_header(("location", "/v2/bad/loop/manifests/v1")).finish()
+                }),
+            )
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    (base, digest)
+}
+
+#[tokio::test]
+async fn what_a_bad_upstream_sends_is_refused_and_not_stored() {
+    let (base, digest) = bad_upstream().await;
+    let entry = UpstreamEntry { name: "odd".into(), url: base, ..Default::default() };
+    let app = spawn_with(|s| s.upstream = vec![entry]).await;
+
+    // A blob whose bytes do not match: the client never gets it whole, and nothing is stored.
+    let r = pull_manifest(&app, "/v2/odd/bad/app/manifests/v1").await;
+    assert_eq!(r.status(), StatusCode::OK, "the manifest itself is fine");
+    let r = app.get(&format!("/v2/odd/bad/app/blobs/{digest}")).await;
+    // Streamed as it came, its end is held back until the digest is checked: the client's
+    // download breaks off instead of completing with the wrong bytes.
+    let complete = r.status() == StatusCode::OK && r.bytes().await.is_ok();
+    assert!(!complete, "no client receives a whole blob that does not match its digest");
+    let local: berth::oci::RepoName = "odd/bad/app".parse().unwrap();
+    wait_until(async || app.registry().blob_size(&local, &digest).await.is_err()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app.registry().blob_size(&local, &digest).await.is_err(), "nothing unverified is stored");
+
+    // A manifest over the limit, and a redirect loop: 502, saying why.
+    for (path, why) in [
+        ("/v2/odd/bad/huge/manifests/v1", "larger than the limit"),
+        ("/v2/odd/bad/loop/manifests/v1", "redirects too often"),
+    ] {
+        let r = pull_manifest(&app, path).await;
+        let body = assert_error(r, StatusCode::BAD_GATEWAY, "UNAVAILABLE").await;
+        assert!(body.to_string().contains(why), "{path}: {body}");
+    }
+}

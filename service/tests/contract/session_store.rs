@@ -102,6 +102,31 @@ pub async fn idle_sessions_expire(store: Arc<dyn SessionStore>) {
     assert_eq!(store.get(&s.id).await.unwrap(), None);
 }
 
+pub async fn leases_have_one_holder_and_expire(store: Arc<dyn SessionStore>) {
+    let key = format!("upstream-blob:{}", uuid::Uuid::new_v4());
+    let ttl = Duration::from_millis(600);
+    let token = store.lease(&key, ttl).await.unwrap().expect("a free lease");
+    assert_eq!(store.lease(&key, ttl).await.unwrap(), None, "one holder at a time");
+    let other = format!("{key}-other");
+    assert!(store.lease(&other, ttl).await.unwrap().is_some(), "leases are per key");
+    assert!(!store.renew_lease(&key, &LockToken("stranger".into()), ttl).await.unwrap());
+    store.release_lease(&key, &LockToken("stranger".into())).await.unwrap();
+    assert_eq!(store.lease(&key, ttl).await.unwrap(), None, "a stranger cannot release it");
+    // Renewed, it outlives its ttl; released, it is free at once.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(store.renew_lease(&key, &token, ttl).await.unwrap());
+    }
+    assert_eq!(store.lease(&key, ttl).await.unwrap(), None);
+    store.release_lease(&key, &token).await.unwrap();
+    let next = store.lease(&key, ttl).await.unwrap().expect("released");
+    // Not renewed, it expires.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(!store.renew_lease(&key, &next, ttl).await.unwrap(), "expired");
+    assert!(store.lease(&key, ttl).await.unwrap().is_some(), "free again");
+    assert_eq!(store.get(&key).await.unwrap(), None, "a lease is no session");
+}
+
 async fn memory() -> (Arc<dyn SessionStore>, ()) {
     (Arc::new(berth::sessions::memory::MemorySessions::new(IDLE)), ())
 }
@@ -120,6 +145,7 @@ macro_rules! session_store_contract {
                 renewing_keeps_the_lock,
                 deleted_sessions_are_gone,
                 idle_sessions_expire,
+                leases_have_one_holder_and_expire,
             ]
         );
     };

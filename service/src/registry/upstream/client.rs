@@ -62,6 +62,7 @@ impl Client {
         concurrency: usize,
         max_manifest: usize,
     ) -> Result<Client, String> {
+        crate::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
