@@ -161,6 +161,9 @@ RACE_SECONDS=${RACE_SECONDS:-30} python3 service/tests/e2e/lifecycle_race.py "$b
 echo "--- the collector's lease: its holder SIGKILLed mid-run ---"
 python3 service/tests/e2e/lifecycle_failover.py "$berth"
 
+echo "--- the pull-through cache as containerd's mirror for two upstream registries ---"
+python3 service/tests/e2e/upstream_mirror.py "$berth"
+
 echo "--- the Helm chart: lint, schema, kubernetes-validate, checkov, the contract with the binary ---"
 python3 helm/tests/chart_test.py "$berth"
 
