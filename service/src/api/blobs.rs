@@ -8,7 +8,7 @@ use futures_util::TryStreamExt as _;
 use super::body::HeadBody;
 use super::error::ApiResult;
 use super::headers as h;
-use super::{State, authorized, authorized_pull};
+use super::{State, authorized, authorized_pull, through_docker_mirror};
 use crate::auth::Action;
 use crate::oci::Digest;
 use crate::registry::BlobContent;
@@ -31,9 +31,16 @@ pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String
     let (name, d) = path.into_inner();
     let (name, route) = authorized_pull(&state, &req, &name).await?;
     let digest = h::digest(&d)?;
+    let range = h::range(req.headers());
     let read = match &route {
-        Some(route) => state.registry.cached_blob(route, &digest, h::range(req.headers())).await?,
-        None => state.registry.read_blob(&name, &digest, h::range(req.headers())).await?,
+        Some(route) => state.registry.cached_blob(route, &digest, range).await?,
+        None => match state.registry.read_blob(&name, &digest, range).await {
+            Ok(read) => read,
+            Err(e) => {
+                let route = through_docker_mirror(&state, &req, &name, e).await?;
+                state.registry.cached_blob(&route, &digest, range).await?
+            }
+        },
     };
     let (range, body) = match read.content {
         BlobContent::Redirect(url) => {
@@ -71,7 +78,13 @@ pub async fn head(state: State, req: HttpRequest, path: web::Path<(String, Strin
     let digest = h::digest(&d)?;
     let size = match &route {
         Some(route) => state.registry.cached_blob_size(route, &digest).await?,
-        None => state.registry.blob_size(&name, &digest).await?,
+        None => match state.registry.blob_size(&name, &digest).await {
+            Ok(size) => size,
+            Err(e) => {
+                let route = through_docker_mirror(&state, &req, &name, e).await?;
+                state.registry.cached_blob_size(&route, &digest).await?
+            }
+        },
     };
     let mut response = HttpResponse::Ok();
     blob_headers(&mut response, &digest);

@@ -6,11 +6,12 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use super::body::{self, HeadBody};
 use super::error::ApiResult;
 use super::headers::{self as h};
-use super::{State, authorized, authorized_pull};
+use super::{AppState, State, authorized, authorized_pull, through_docker_mirror};
 use crate::auth::Action;
 use crate::metadata::StoredManifest;
 use crate::oci::{NameError, Reference, RepoName, Tag};
 use crate::registry::Error;
+use crate::registry::upstream::Route;
 
 /// The repository and reference of a manifest URL that is to be created: a reference that is
 /// not a valid tag or digest is refused, saying why.
@@ -48,15 +49,30 @@ pub async fn get(state: State, req: HttpRequest, path: web::Path<(String, String
     let (name, reference) = path.into_inner();
     let (name, route) = authorized_pull(&state, &req, &name).await?;
     let reference = existing(&reference)?;
-    let (manifest, stale) = match &route {
-        Some(route) => {
-            let served = state.registry.cached_manifest(route, &reference, true).await?;
-            (served.manifest, served.stale)
-        }
-        None => (state.registry.manifest(&name, &reference, true).await?, false),
-    };
+    let (manifest, stale) = read(&state, &req, &name, route, &reference, true).await?;
     let payload = manifest.payload.clone().unwrap_or_default();
     Ok(with_warning(found(&manifest), stale).body(payload))
+}
+
+/// A manifest from this registry, or from the cache of its upstream; whether it is a stale
+/// cached copy.
+async fn read(
+    state: &AppState,
+    req: &HttpRequest,
+    name: &RepoName,
+    route: Option<Route<'_>>,
+    reference: &Reference,
+    with_payload: bool,
+) -> ApiResult<(StoredManifest, bool)> {
+    let route = match route {
+        Some(route) => route,
+        None => match state.registry.manifest(name, reference, with_payload).await {
+            Ok(manifest) => return Ok((manifest, false)),
+            Err(e) => through_docker_mirror(state, req, name, e).await?,
+        },
+    };
+    let served = state.registry.cached_manifest(&route, reference, with_payload).await?;
+    Ok((served.manifest, served.stale))
 }
 
 /// A cached copy served because its upstream failed says so (RFC 9111's `110`).
@@ -72,13 +88,7 @@ pub async fn head(state: State, req: HttpRequest, path: web::Path<(String, Strin
     let (name, reference) = path.into_inner();
     let (name, route) = authorized_pull(&state, &req, &name).await?;
     let reference = existing(&reference)?;
-    let (manifest, stale) = match &route {
-        Some(route) => {
-            let served = state.registry.cached_manifest(route, &reference, false).await?;
-            (served.manifest, served.stale)
-        }
-        None => (state.registry.manifest(&name, &reference, false).await?, false),
-    };
+    let (manifest, stale) = read(&state, &req, &name, route, &reference, false).await?;
     Ok(with_warning(found(&manifest), stale).body(HeadBody(manifest.size)))
 }
 

@@ -155,3 +155,24 @@ async fn authorized_pull<'s>(
     let name = authorized(state, req, local, &[Action::Pull]).await?;
     Ok((name, route))
 }
+
+/// A pull of an unprefixed name that found nothing here, retried through the upstream set as
+/// `docker_mirror` (Docker's `registry-mirrors` send `library/nginx` as it is); the error as it
+/// was otherwise.
+async fn through_docker_mirror<'s>(
+    state: &'s AppState,
+    req: &HttpRequest,
+    name: &RepoName,
+    error: crate::registry::Error,
+) -> ApiResult<crate::registry::upstream::Route<'s>> {
+    use crate::registry::Error as E;
+    let missing = matches!(error, E::ManifestUnknown | E::NameUnknown | E::BlobUnknown);
+    let has_ns = req.query_string().split('&').any(|p| p.starts_with("ns="));
+    match state.registry.upstreams().docker_mirror(name.as_str()) {
+        Some(route) if missing && !has_ns && state.registry.upstreams().route(name.as_str()).is_none() => {
+            authorized(state, req, route.local.as_str(), &[Action::Pull]).await?;
+            Ok(route)
+        }
+        _ => Err(error.into()),
+    }
+}

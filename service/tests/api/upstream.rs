@@ -352,3 +352,24 @@ async fn what_a_bad_upstream_sends_is_refused_and_not_stored() {
         assert!(body.to_string().contains(why), "{path}: {body}");
     }
 }
+
+#[tokio::test]
+async fn as_dockers_registry_mirror_unprefixed_pulls_that_find_nothing_go_upstream() {
+    let upstream = Upstream::start(&["team/app"]).await;
+    let v1 = upstream.app.push_image("team/app", "v1", "first").await;
+    let entry = UpstreamEntry { docker_mirror: true, ..upstream.entry("hub", "10m") };
+    let app = spawn_with(|s| s.upstream = vec![entry]).await;
+    let mine = app.push_image("local/app", "v1", "here").await;
+
+    // What is here is served from here, and nothing asks upstream for it.
+    assert_eq!(pull_image(&app, "local/app", "v1").await, mine.digest.as_str());
+    assert_eq!(upstream.manifest_requests().await, (0, 0));
+    // What is not comes through the cache, as Docker's registry-mirrors ask for it.
+    assert_eq!(pull_image(&app, "team/app", "v1").await, v1.digest.as_str());
+    assert_eq!(upstream.manifest_requests().await, (0, 1));
+    assert_eq!(pull_image(&app, "hub/team/app", "v1").await, v1.digest.as_str(), "the same cache");
+    assert_eq!((upstream.manifest_requests().await, upstream.blob_gets().await), ((0, 1), 2));
+    // Neither here nor upstream: 404, as before.
+    let r = pull_manifest(&app, "/v2/team/none/manifests/v1").await;
+    assert_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+}

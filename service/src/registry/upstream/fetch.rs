@@ -10,7 +10,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use super::client::MANIFEST_ACCEPT;
 use super::{Route, UpstreamError};
 use crate::metadata::{PutManifest, StoredManifest};
-use crate::oci::{Digest, Hasher, Reference, Tag};
+use crate::oci::{Digest, Reference, Tag};
 use crate::registry::{BlobContent, BlobRead, BodyError, Chunk, Error, RangeRequest, Registry};
 use crate::storage::{ByteStream, StorageError};
 
@@ -323,8 +323,8 @@ impl Registry {
         self.count_cache(route, "miss");
         let size = answer.response.content_length();
         let stream_to_client = range.is_none() && size.is_some();
-        let (client_tx, client_rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(8);
-        let (store_tx, store_rx) = tokio::sync::mpsc::channel::<Result<Bytes, BodyError>>(8);
+        let (client_tx, client_rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(64);
+        let (store_tx, store_rx) = tokio::sync::mpsc::channel::<Result<Bytes, BodyError>>(64);
         let (registry, local, digest_owned, upstream) =
             (self.clone(), route.local.clone(), digest.clone(), route.upstream.name.clone());
         let (sessions, key_owned, token_owned) = (self.sessions.clone(), key.clone(), token.clone());
@@ -332,14 +332,20 @@ impl Registry {
         actix_web::rt::spawn(async move {
             let body = futures_util::stream::unfold(store_rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) })
                 .boxed_local();
-            let store = registry.push_blob(&local, &digest_owned, Chunk { range: None, length: size, body });
+            // The upload checks the digest as it stores the bytes; its verdict decides whether
+            // the client gets the last piece.
+            let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel::<bool>();
+            let store = async {
+                let stored = registry.push_blob(&local, &digest_owned, Chunk { range: None, length: size, body }).await;
+                let _ = verdict_tx.send(stored.is_ok());
+                stored
+            };
             let bytes_metric = crate::metrics::Metrics::get().upstream_bytes.with_label_values(&[&upstream]);
             let pump = async {
                 let (answer, client_tx, store_tx) = (answer, client_tx, store_tx);
                 let _permit = answer.permit;
                 let mut client = stream_to_client.then_some(client_tx);
                 let mut stream = answer.response.bytes_stream();
-                let mut hasher = Hasher::new(digest_owned.algorithm());
                 // The last piece waits for the digest check: a client never gets a whole blob
                 // that does not match.
                 let mut held: Option<Bytes> = None;
@@ -348,19 +354,19 @@ impl Registry {
                     let piece = match piece {
                         Ok(p) => p,
                         Err(e) => {
-                            let message = format!("the download from upstream broke off: {e}");
+                            tracing::warn!(upstream = %upstream, error = %e, "a download from upstream broke off");
+                            let message = "the download from upstream broke off".to_owned();
                             let _ = store_tx.send(Err(BodyError(message.clone()))).await;
                             if let Some(c) = &client {
                                 let _ = c.send(Err(StorageError::Unavailable(message))).await;
                             }
-                            return false;
+                            return;
                         }
                     };
                     bytes_metric.inc_by(piece.len() as u64);
-                    hasher.update(&piece);
                     if let Some(previous) = held.replace(piece) {
                         if store_tx.send(Ok(previous.clone())).await.is_err() {
-                            return false;
+                            break;
                         }
                         if let Some(c) = &client
                             && c.send(Ok(previous)).await.is_err()
@@ -374,27 +380,30 @@ impl Registry {
                         renewed = Instant::now();
                     }
                 }
-                let verified = hasher.finish() == digest_owned;
-                if let Some(last) = held {
-                    let _ = store_tx.send(Ok(last.clone())).await;
-                    if let Some(c) = &client {
-                        let item = if verified {
-                            Ok(last)
-                        } else {
-                            Err(StorageError::Unavailable("the upstream's bytes do not match the digest".into()))
-                        };
-                        let _ = c.send(item).await;
+                if let Some(last) = held.clone() {
+                    let _ = store_tx.send(Ok(last)).await;
+                }
+                drop(store_tx);
+                let verified = verdict_rx.await.unwrap_or(false);
+                if let Some(c) = &client {
+                    match (verified, held) {
+                        (true, Some(last)) => {
+                            let _ = c.send(Ok(last)).await;
+                        }
+                        (true, None) => {}
+                        (false, _) => {
+                            let refused = "the upstream's bytes were not stored: they do not match the digest, or the store failed";
+                            let _ = c.send(Err(StorageError::Unavailable(refused.into()))).await;
+                        }
                     }
                 }
-                verified
             };
-            let (stored, verified) = futures_util::join!(store, pump);
+            let (stored, ()) = futures_util::join!(store, pump);
             let ok = match stored {
-                Ok(_) if verified => true,
-                Ok(_) => false,
+                Ok(_) => true,
                 Err(e) => {
                     tracing::warn!(upstream = %upstream, digest = %digest_owned, error = %e, "a blob from upstream was not stored");
-                    if !verified {
+                    if matches!(e, Error::DigestInvalid(_)) {
                         crate::metrics::Metrics::get().upstream_cache.with_label_values(&[&upstream, "refused"]).inc();
                     }
                     false

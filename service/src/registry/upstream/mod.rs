@@ -70,6 +70,11 @@ pub struct UpstreamEntry {
     /// everyone else.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub admins: Vec<String>,
+    /// Pulls of names without an upstream's prefix that find nothing here are served from
+    /// this upstream: Docker's `registry-mirrors` (which sends `library/nginx` as it is). One
+    /// entry at most.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub docker_mirror: bool,
 }
 
 /// A compiled `[[upstream]]` entry.
@@ -82,6 +87,7 @@ pub struct Upstream {
     repositories: Vec<RepoPattern>,
     library: bool,
     pub admins: Vec<String>,
+    docker_mirror: bool,
     client: client::Client,
 }
 
@@ -123,6 +129,9 @@ impl Upstreams {
                     "name = {:?}: expected one path component of lowercase letters, digits, '.', '_', '-'",
                     e.name
                 )));
+            }
+            if e.docker_mirror && list.iter().any(|u| u.docker_mirror) {
+                return Err(at("docker_mirror: another entry is the Docker mirror already".into()));
             }
             if list.iter().any(|u| u.name == e.name) {
                 return Err(at(format!("name = {:?} is taken by another entry", e.name)));
@@ -172,6 +181,7 @@ impl Upstreams {
                 ttl,
                 repositories,
                 admins: e.admins.clone(),
+                docker_mirror: e.docker_mirror,
                 client,
             });
         }
@@ -187,6 +197,12 @@ impl Upstreams {
         let (first, rest) = name.split_once('/')?;
         let upstream = self.list.iter().find(|u| u.name == first)?;
         upstream.route(rest)
+    }
+
+    /// The upstream that serves pulls of unprefixed names that found nothing here (Docker's
+    /// `registry-mirrors`).
+    pub fn docker_mirror(&self, name: &str) -> Option<Route<'_>> {
+        self.list.iter().find(|u| u.docker_mirror)?.route(name)
     }
 
     /// The upstream a containerd mirror request names with `?ns=<host>`, for `name` there.
