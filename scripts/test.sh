@@ -16,10 +16,11 @@ sudo=()
 
 # Debian packages: the real clients (skopeo, umoci, podman, containerd), the servers
 # (PostgreSQL, Redis, nginx), headless Chromium and chromedriver for the web UI's browser
-# tests, and openssl and ip for the chart, Terraform and compose tests.
+# tests, distribution 2.8 (docker-registry) as an upstream of the pull-through cache, and
+# openssl and ip for the chart, Terraform and compose tests.
 missing=()
 for pair in skopeo:skopeo umoci:umoci podman:podman ctr:containerd jq:jq curl:curl redis-server:redis-server nginx:nginx \
-    chromium:chromium chromedriver:chromium-driver openssl:openssl ip:iproute2; do
+    chromium:chromium chromedriver:chromium-driver docker-registry:docker-registry openssl:openssl ip:iproute2; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair##*:}")
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)

@@ -29,6 +29,8 @@ enum Server {
     /// A `berth serve` process of its own, for what a test must do to the process's
     /// surroundings (its filesystem).
     Process(KillOnDrop),
+    /// Another registry the test started and keeps (distribution): the helpers push to it.
+    Elsewhere,
 }
 
 /// A child process that does not outlive its test.
@@ -102,6 +104,11 @@ pub async fn attach(process: KillOnDrop, settings: Settings, dir: tempfile::Temp
 }
 
 impl TestApp {
+    /// The helpers, for another registry at `base` (which the caller runs).
+    pub fn detached(base: String, client: Client, dir: tempfile::TempDir) -> TestApp {
+        TestApp { base, client, settings: Settings::default(), server: Server::Elsewhere, dir }
+    }
+
     pub fn url(&self, path: &str) -> String {
         if path.starts_with("http") { path.to_owned() } else { format!("{}{}", self.base, path) }
     }
@@ -126,7 +133,7 @@ impl TestApp {
     pub fn registry(&self) -> &berth::registry::Registry {
         match &self.server {
             Server::InProcess { registry, .. } => registry,
-            Server::Process(_) => panic!("the server runs in a process of its own"),
+            Server::Process(_) | Server::Elsewhere => panic!("the server runs in a process of its own"),
         }
     }
 
@@ -135,6 +142,7 @@ impl TestApp {
         match self.server {
             Server::InProcess { handle, .. } => handle.stop(true).await,
             Server::Process(process) => drop(process),
+            Server::Elsewhere => {}
         }
         (self.settings, self.dir)
     }
@@ -182,7 +190,9 @@ impl TestApp {
         let r = self.patch_streamed(&location, None, blob.chunks(piece).map(<[u8]>::to_vec).collect()).await;
         assert_eq!(r.status(), StatusCode::ACCEPTED);
         let location = crate::helpers::location(&r);
-        self.request(Method::PUT, &format!("{location}?digest={}", sha256(blob))).send().await.expect("PUT")
+        // A location may carry a query of its own (distribution's `_state`).
+        let join = if location.contains('?') { '&' } else { '?' };
+        self.request(Method::PUT, &format!("{location}{join}digest={}", sha256(blob))).send().await.expect("PUT")
     }
 
     /// Pushes a manifest; returns the response.

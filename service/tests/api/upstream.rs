@@ -373,3 +373,93 @@ async fn as_dockers_registry_mirror_unprefixed_pulls_that_find_nothing_go_upstre
     let r = pull_manifest(&app, "/v2/team/none/manifests/v1").await;
     assert_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
 }
+
+/// distribution 2.8.2 (Debian's `docker-registry`) with htpasswd users, as the upstream.
+struct Distribution {
+    _process: KillOnDrop,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn distribution() -> Distribution {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    berth::auth::htpasswd::add_user(&htpasswd, "mirror", "mirror-password").unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n\
+             auth:\n  htpasswd:\n    realm: distribution\n    path: {}\n",
+            dir.path().join("data").display(),
+            htpasswd.display()
+        ),
+    )
+    .unwrap();
+    let binary = std::env::var("DOCKER_REGISTRY").unwrap_or_else(|_| "docker-registry".into());
+    let process = KillOnDrop(
+        Command::new(&binary)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary}: {e}; the tests need Debian's docker-registry (distribution 2.8)")),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    berth::install_crypto_provider();
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client.get(format!("{base}/v2/")).send().await.is_ok() {
+            return Distribution { _process: process, base, _dir: dir };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("docker-registry does not answer on {base}");
+}
+
+#[tokio::test]
+async fn distribution_as_the_upstream_is_cached_too() {
+    let registry = distribution().await;
+    // Pushed to distribution with the TestApp helpers, signed in with Basic.
+    let dir = tempfile::tempdir().unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "mirror:mirror-password");
+    headers.insert("authorization", format!("Basic {basic}").parse().unwrap());
+    let pusher = TestApp::detached(
+        registry.base.clone(),
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .default_headers(headers)
+            .build()
+            .unwrap(),
+        dir,
+    );
+    // distribution takes no single-POST upload: POST, PATCH, PUT.
+    let config = br#"{"architecture":"amd64","os":"linux","seed":"distribution"}"#.to_vec();
+    let layer = pattern(3 << 20);
+    for blob in [&config, &layer] {
+        let r = pusher.push_streamed("team/app", blob, 1 << 20).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    }
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(&config).as_str(), "size": config.len()},
+        "layers": [{"mediaType": OCI_LAYER, "digest": sha256(&layer).as_str(), "size": layer.len()}],
+    }))
+    .unwrap();
+    assert_eq!(pusher.put_manifest("team/app", "v1", OCI_MANIFEST, &manifest).await.status(), StatusCode::CREATED);
+    let image_digest = sha256(&manifest);
+    let entry = UpstreamEntry {
+        name: "dist".into(),
+        url: registry.base.clone(),
+        username: Some("mirror".into()),
+        password: Some("mirror-password".into()),
+        ..Default::default()
+    };
+    let app = spawn_with(|s| s.upstream = vec![entry]).await;
+    assert_eq!(pull_image(&app, "dist/team/app", "v1").await, image_digest.as_str(), "cold");
+    drop(registry);
+    assert_eq!(pull_image(&app, "dist/team/app", "v1").await, image_digest.as_str(), "warm, with distribution gone");
+}
