@@ -444,6 +444,9 @@ impl Settings {
         shown.redis_url = shown.redis_url.map(|url| Secret::new(mask_url_password(url.expose())));
         shown.metrics_token = shown.metrics_token.map(|_| Secret::new("***"));
         shown.ui_session_key = shown.ui_session_key.map(|_| Secret::new("***"));
+        for upstream in &mut shown.upstream {
+            upstream.password = upstream.password.as_ref().map(|_| "***".to_owned());
+        }
         shown
     }
 
@@ -746,6 +749,24 @@ mod tests {
         assert_eq!(mask_url_password("postgres://u:p4ss@db:5432/x"), "postgres://u:***@db:5432/x");
         assert_eq!(mask_url_password("sqlite://./data/berth.db"), "sqlite://./data/berth.db");
         assert_eq!(mask_url_password("redis://:s3cret@cache:6379/0"), "redis://:***@cache:6379/0");
+    }
+
+    #[test]
+    fn check_config_shows_no_secret() {
+        let s = Settings {
+            ui_session_key: Some(Secret::new("k".repeat(40))),
+            upstream: vec![crate::registry::upstream::UpstreamEntry {
+                name: "hub".into(),
+                url: "https://registry-1.docker.io".into(),
+                username: Some("me".into()),
+                password: Some("hub-password".into()),
+                ..Default::default()
+            }],
+            ..Settings::default()
+        };
+        let shown = toml::to_string(&s.masked()).unwrap();
+        assert!(!shown.contains("hub-password") && !shown.contains(&"k".repeat(40)), "{shown}");
+        assert!(shown.contains("username = \"me\""));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use base64::Engine;
 use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
@@ -92,7 +94,7 @@ impl Client {
             *next = slot + *interval;
             slot
         };
-        tokio::time::sleep_until(slot.into()).await;
+        tokio::time::sleep_until(slot).await;
     }
 
     fn count(&self, kind: &str, status: &str) {
@@ -254,6 +256,25 @@ fn challenge_params(text: &str) -> HashMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn requests_keep_to_the_rate() {
+        let client = Client::new("http://127.0.0.1:9", "t", None, Some(20.0), 2, 1024).unwrap();
+        let started = Instant::now();
+        for _ in 0..9 {
+            client.pace().await;
+        }
+        // 9 requests at 20 a second: the first at once, the ninth 400 ms later (at least).
+        assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn requests_keep_to_the_concurrency() {
+        let client = Client::new("http://127.0.0.1:9", "t", None, None, 2, 1024).unwrap();
+        let (a, b) = (client.permits.clone().try_acquire_owned(), client.permits.clone().try_acquire_owned());
+        assert!(a.is_ok() && b.is_ok());
+        assert!(client.permits.clone().try_acquire_owned().is_err(), "a third waits");
+    }
 
     #[test]
     fn challenges_parse() {
