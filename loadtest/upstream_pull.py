@@ -7,7 +7,10 @@ Both registries are `berth serve` on loopback with the embedded default (filesys
 the upstream has no authentication. ROUNDS (default 3) distinct layers, each pulled the three
 ways in turn; prints each pull and the medians.
 
-usage: upstream_pull.py BERTH_BINARY   [MIB=512] [ROUNDS=3]
+With LINK_MIBPS=N, the upstream is reached through a TCP proxy that passes at most N MiB/s
+each way (an upstream across a network link), for the direct and the cold pulls alike.
+
+usage: upstream_pull.py BERTH_BINARY   [MIB=512] [ROUNDS=3] [LINK_MIBPS=100]
 """
 
 import hashlib
@@ -19,7 +22,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import asyncio
 
 BERTH = os.path.abspath(sys.argv[1])
 MIB = int(os.environ.get("MIB", "512"))
@@ -129,21 +134,65 @@ def stored(port, before):
     raise SystemExit("the cold pull's blob was never stored")
 
 
+def throttled_proxy(target_port, mibps):
+    """A TCP proxy on a free port to 127.0.0.1:target_port passing at most `mibps` MiB/s per
+    direction and connection; returns its port."""
+    port = free_port()
+    rate = mibps * BLOCK
+
+    async def pipe(reader, writer):
+        # Each piece takes the time the link needs for it; idle time earns no credit (a kept-alive
+        # connection gets no burst).
+        try:
+            while True:
+                started = time.perf_counter()
+                data = await reader.read(256 << 10)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+                ahead = len(data) / rate - (time.perf_counter() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(client_reader, client_writer):
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+
+    async def run():
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    threading.Thread(target=lambda: asyncio.run(run()), daemon=True).start()
+    time.sleep(0.3)
+    return port
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="berth-upstream-bench-") as work:
         up_port, cache_port = free_port(), free_port()
         os.makedirs(f"{work}/up")
         os.makedirs(f"{work}/cache")
-        with open(f"{work}/berth.toml", "w") as f:
-            f.write(f'[[upstream]]\nname = "up"\nurl = "http://127.0.0.1:{up_port}"\nttl = "1h"\n')
         upstream = serve(f"{work}/up", up_port, {})
+        link = os.environ.get("LINK_MIBPS")
+        # Where the upstream is pulled from, directly and by the cache.
+        via = throttled_proxy(up_port, int(link)) if link else up_port
+        if link:
+            print(f"the upstream is reached through a link of {link} MiB/s")
+        with open(f"{work}/berth.toml", "w") as f:
+            f.write(f'[[upstream]]\nname = "up"\nurl = "http://127.0.0.1:{via}"\nttl = "1h"\n')
         cache = serve(f"{work}/cache", cache_port, {"BERTH_CONFIG": f"{work}/berth.toml"})
         try:
             times = {"direct": [], "cold": [], "warm": []}
             for i in range(ROUNDS):
                 seed = f"round{i}"
                 digest = push(up_port, "bench/app", seed)
-                times["direct"].append(pull(up_port, "bench/app", digest, seed))
+                times["direct"].append(pull(via, "bench/app", digest, seed))
                 before = links(cache_port)
                 times["cold"].append(pull(cache_port, "up/bench/app", digest, seed))
                 # The cold pull's client has every byte a moment before the store has checked
