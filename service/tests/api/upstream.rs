@@ -463,3 +463,24 @@ async fn distribution_as_the_upstream_is_cached_too() {
     drop(registry);
     assert_eq!(pull_image(&app, "dist/team/app", "v1").await, image_digest.as_str(), "warm, with distribution gone");
 }
+
+#[tokio::test]
+async fn cached_repositories_follow_the_lifecycle_rules() {
+    let upstream = Upstream::start(&["team/app"]).await;
+    upstream.app.push_image("team/app", "old", "first").await;
+    upstream.app.push_image("team/app", "new", "second").await;
+    let app = spawn_with(|s| {
+        s.upstream = vec![upstream.entry("hub", "10m")];
+        s.retention = vec![toml::from_str("repositories = \"hub/**\"\nkeep_last = 1").unwrap()];
+    })
+    .await;
+    pull_image(&app, "hub/team/app", "old").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    pull_image(&app, "hub/team/app", "new").await;
+    // The cache is a repository like any: retention keeps the last tag fetched, and would
+    // remove the other (and its manifest, and then its blobs).
+    let plan = app.registry().plan_retention(None).await.unwrap();
+    let what: Vec<(&str, &str)> = plan.iter().map(|d| (d.repository.as_str(), d.what.as_str())).collect();
+    assert!(what.contains(&("hub/team/app", "tag old")), "{what:?}");
+    assert!(!what.contains(&("hub/team/app", "tag new")), "{what:?}");
+}
