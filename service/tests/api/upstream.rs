@@ -374,26 +374,86 @@ async fn as_dockers_registry_mirror_unprefixed_pulls_that_find_nothing_go_upstre
     assert_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
 }
 
-/// distribution 2.8.2 (Debian's `docker-registry`) with htpasswd users, as the upstream.
+/// distribution 2.8.2 (Debian's `docker-registry`) in token mode, as the upstream: the test runs
+/// its token server, which signs ES256 tokens with a key whose self-signed certificate is
+/// distribution's `rootcertbundle` (sent in the tokens' `x5c`), for the user `mirror`.
 struct Distribution {
     _process: KillOnDrop,
     base: String,
+    tokens: String,
     _dir: tempfile::TempDir,
 }
 
+const DIST_SERVICE: &str = "distribution";
+const DIST_ISSUER: &str = "berth-test-token-server";
+
+/// The token server: `GET /token?scope=repository:<name>:<actions>` with Basic
+/// `mirror:mirror-password` gets a token for what it asks.
+async fn token_server(key_pem: String, cert_der: Vec<u8>) -> String {
+    use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let x5c = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &cert_der);
+    let server = HttpServer::new(move || {
+        let (key_pem, x5c) = (key_pem.clone(), x5c.clone());
+        App::new().route(
+            "/token",
+            web::get().to(move |req: HttpRequest| {
+                let (key_pem, x5c) = (key_pem.clone(), x5c.clone());
+                async move {
+                    let expected =
+                        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "mirror:mirror-password");
+                    let basic = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+                    if basic != Some(&format!("Basic {expected}")) {
+                        return HttpResponse::Unauthorized().finish();
+                    }
+                    let access: Vec<Value> = form_urlencoded::parse(req.query_string().as_bytes())
+                        .filter(|(k, _)| k == "scope")
+                        .filter_map(|(_, v)| {
+                            let mut parts = v.splitn(3, ':').map(str::to_owned).collect::<Vec<_>>().into_iter();
+                            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                            Some(json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+                        })
+                        .collect();
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                    let claims = json!({"iss": DIST_ISSUER, "sub": "mirror", "aud": DIST_SERVICE, "exp": now + 300,
+                        "nbf": now - 10, "iat": now, "jti": uuid::Uuid::new_v4().to_string(), "access": access});
+                    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+                    header.x5c = Some(vec![x5c]);
+                    let key = jsonwebtoken::EncodingKey::from_ec_pem(key_pem.as_bytes()).unwrap();
+                    let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+                    HttpResponse::Ok().json(json!({"token": token, "expires_in": 300}))
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    base
+}
+
 async fn distribution() -> Distribution {
+    berth::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = dir.path().join("htpasswd");
-    berth::auth::htpasswd::add_user(&htpasswd, "mirror", "mirror-password").unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["token.test".to_owned()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "berth test token signer");
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("token.pem"), cert.pem()).unwrap();
+    let tokens = token_server(key.serialize_pem(), cert.der().to_vec()).await;
     let port = free_port();
     let config = dir.path().join("config.yml");
     std::fs::write(
         &config,
         format!(
             "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n\
-             auth:\n  htpasswd:\n    realm: distribution\n    path: {}\n",
+             auth:\n  token:\n    realm: {tokens}/token\n    service: {DIST_SERVICE}\n    issuer: {DIST_ISSUER}\n\
+             \x20   rootcertbundle: {}\n",
             dir.path().join("data").display(),
-            htpasswd.display()
+            dir.path().join("token.pem").display()
         ),
     )
     .unwrap();
@@ -408,11 +468,10 @@ async fn distribution() -> Distribution {
             .unwrap_or_else(|e| panic!("{binary}: {e}; the tests need Debian's docker-registry (distribution 2.8)")),
     );
     let base = format!("http://127.0.0.1:{port}");
-    berth::install_crypto_provider();
     let client = reqwest::Client::new();
     for _ in 0..100 {
         if client.get(format!("{base}/v2/")).send().await.is_ok() {
-            return Distribution { _process: process, base, _dir: dir };
+            return Distribution { _process: process, base, tokens, _dir: dir };
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -422,11 +481,23 @@ async fn distribution() -> Distribution {
 #[tokio::test]
 async fn distribution_as_the_upstream_is_cached_too() {
     let registry = distribution().await;
-    // Pushed to distribution with the TestApp helpers, signed in with Basic.
+    // Unauthenticated, distribution sends clients to the token server.
+    let r = reqwest::Client::new().get(format!("{}/v2/", registry.base)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(header(&r, "www-authenticate").is_some_and(|c| c.starts_with("Bearer realm=")));
+    // Pushed to distribution with the TestApp helpers and a token that may push.
     let dir = tempfile::tempdir().unwrap();
+    let token: Value = reqwest::Client::new()
+        .get(format!("{}/token?service={DIST_SERVICE}&scope=repository:team/app:pull,push", registry.tokens))
+        .basic_auth("mirror", Some("mirror-password"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let mut headers = reqwest::header::HeaderMap::new();
-    let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "mirror:mirror-password");
-    headers.insert("authorization", format!("Basic {basic}").parse().unwrap());
+    headers.insert("authorization", format!("Bearer {}", token["token"].as_str().unwrap()).parse().unwrap());
     let pusher = TestApp::detached(
         registry.base.clone(),
         reqwest::Client::builder()
