@@ -110,9 +110,15 @@ fn may_pull(state: &AppState, who: &Identity, name: &str) -> bool {
     may(state, who, name, Action::Pull)
 }
 
-/// Whether `who` may delete in `repository` here: the rules allow it and deletes are on.
+/// Whether `who` may delete in `repository` here: the rules allow it, deletes are on, and it
+/// is no cache of an upstream registry (read-only but to that upstream's `admins`), as for the
+/// API.
 fn may_delete(state: &AppState, who: &Identity, repository: &RepoName) -> bool {
-    state.registry.policy().delete_enabled && may(state, who, repository.as_str(), Action::Delete)
+    let cache_admin = match state.registry.upstreams().route(repository.as_str()) {
+        Some(route) => matches!(who, Identity::User(u) if route.upstream.admins.contains(u)),
+        None => true,
+    };
+    cache_admin && state.registry.policy().delete_enabled && may(state, who, repository.as_str(), Action::Delete)
 }
 
 /// Whether `who` sees storage usage: a signed-in user, or anyone while authentication is off.

@@ -555,3 +555,17 @@ async fn cached_repositories_follow_the_lifecycle_rules() {
     assert!(what.contains(&("hub/team/app", "tag old")), "{what:?}");
     assert!(!what.contains(&("hub/team/app", "tag new")), "{what:?}");
 }
+
+#[tokio::test]
+async fn the_web_ui_offers_no_delete_in_a_cached_repository() {
+    let upstream = Upstream::start(&["team/app"]).await;
+    upstream.app.push_image("team/app", "v1", "first").await;
+    let app = spawn_with(|s| s.upstream = vec![upstream.entry("hub", "10m")]).await;
+    pull_image(&app, "hub/team/app", "v1").await;
+    app.push_image("local/app", "v1", "here").await;
+    let page = app.get("/ui/r/hub/team/app").await.text().await.unwrap();
+    assert!(page.contains("/-/m/v1\"") && !page.contains("/-/delete"), "read-only, as for the API");
+    let page = app.get("/ui/r/local/app").await.text().await.unwrap();
+    assert!(page.contains("/ui/r/local/app/-/delete?tag=v1"), "a repository of its own is not");
+    assert_eq!(app.get("/ui/r/hub/team/app/-/delete?tag=v1").await.status(), StatusCode::FORBIDDEN);
+}
