@@ -192,7 +192,17 @@ async fn a_browser_signs_in_browses_copies_and_deletes() {
     let command = button.attr("data-copy").await.unwrap().unwrap();
     assert!(command.starts_with(&format!("docker pull {host}/demo/multi:")), "{command}");
     button.click().await.unwrap();
-    assert_eq!(button.text().await.unwrap(), "Copied");
+    // The clipboard answers asynchronously; the button says "Copied" for a moment and keeps
+    // `data-copied`.
+    let mut copied = None;
+    for _ in 0..100 {
+        copied = button.attr("data-copied").await.unwrap();
+        if copied.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(copied.as_deref(), Some("true"), "the button says it copied");
     script(&b, "const t = document.createElement('textarea'); t.id = 'paste'; document.body.append(t); t.focus();")
         .await;
     let paste = fantoccini::actions::KeyActions::new("keyboard".into())
