@@ -133,6 +133,11 @@ async fn authorized(state: &AppState, req: &HttpRequest, name: &str, actions: &[
     Ok(name)
 }
 
+/// The registry host a containerd mirror request names (`?ns=docker.io`).
+fn mirror_ns(req: &HttpRequest) -> Option<String> {
+    form_urlencoded::parse(req.query_string().as_bytes()).find(|(k, _)| k == "ns").map(|(_, v)| v.into_owned())
+}
+
 /// For reads: the repository, checked for `pull`, and the upstream it caches when it is a
 /// cached one: by its first path component, or, for a containerd mirror request
 /// (`?ns=docker.io`), by the upstream registry's host.
@@ -145,8 +150,7 @@ async fn authorized_pull<'s>(
     let route = if upstreams.is_empty() {
         None
     } else {
-        let ns = form_urlencoded::parse(req.query_string().as_bytes()).find(|(k, _)| k == "ns").map(|(_, v)| v);
-        match ns {
+        match mirror_ns(req) {
             Some(ns) => upstreams.mirror(&ns, name),
             None => upstreams.route(name),
         }
@@ -167,9 +171,10 @@ async fn through_docker_mirror<'s>(
 ) -> ApiResult<crate::registry::upstream::Route<'s>> {
     use crate::registry::Error as E;
     let missing = matches!(error, E::ManifestUnknown | E::NameUnknown | E::BlobUnknown);
-    let has_ns = req.query_string().split('&').any(|p| p.starts_with("ns="));
     match state.registry.upstreams().docker_mirror(name.as_str()) {
-        Some(route) if missing && !has_ns && state.registry.upstreams().route(name.as_str()).is_none() => {
+        Some(route)
+            if missing && mirror_ns(req).is_none() && state.registry.upstreams().route(name.as_str()).is_none() =>
+        {
             authorized(state, req, route.local.as_str(), &[Action::Pull]).await?;
             Ok(route)
         }

@@ -142,8 +142,7 @@ impl Registry {
         let rules = self.lifecycle();
         let Some(rule) = rules.retention_for(repository.as_str()) else { return Ok(Default::default()) };
         let tags = self.metadata.tag_infos(repository).await?;
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now = super::uploads::now_ms();
         let protected = |tag: &str| rules.forbids_delete(repository.as_str(), tag).is_some();
         Ok(super::lifecycle::rules::tags_to_remove(rule, &tags, now, protected)
             .into_iter()

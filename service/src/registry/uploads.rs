@@ -73,7 +73,8 @@ impl Drop for HeldLock {
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch, now.
+pub(super) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 

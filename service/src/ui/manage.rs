@@ -9,9 +9,9 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::session::COOKIE;
-use super::{State, Visitor, html, may_delete, may_pull, nav, page_error_for, pages, sees_usage, visitor};
+use super::{State, Visitor, html, may, may_delete, may_pull, nav, page_error_for, pages, sees_usage, visitor};
 use crate::api::AppState;
-use crate::auth::{Denial, Identity, Mode};
+use crate::auth::{Action, Denial, Identity, Mode};
 use crate::metadata::NameMatch;
 use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::registry::Error;
@@ -143,16 +143,16 @@ pub(super) async fn login(state: State, req: HttpRequest, body: web::Bytes) -> H
 pub(super) async fn logout(state: State, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     let visitor = visitor(&state, &req);
     let nav = nav(&state, &visitor);
-    if !form_holds(&state, &req, &visitor, &body) {
+    if !form_holds(&state, &req, &visitor, &form(&body)) {
         return refused(&nav, StatusCode::FORBIDDEN, FORGED);
     }
     see_other("/ui/").insert_header((header::SET_COOKIE, session_cookie(&state, &req, "", 0))).finish()
 }
 
 /// Whether a POST comes from this registry's page and carries the visitor's CSRF token.
-fn form_holds(state: &AppState, req: &HttpRequest, visitor: &Visitor, body: &[u8]) -> bool {
-    let token = form(body).remove("csrf").unwrap_or_default();
-    same_origin(state, req) && visitor.session.as_ref().is_some_and(|s| state.ui_sessions.csrf_holds(s, &token))
+fn form_holds(state: &AppState, req: &HttpRequest, visitor: &Visitor, fields: &HashMap<String, String>) -> bool {
+    let token = fields.get("csrf").map_or("", String::as_str);
+    same_origin(state, req) && visitor.session.as_ref().is_some_and(|s| state.ui_sessions.csrf_holds(s, token))
 }
 
 /// What a delete form names: a tag, or a manifest by digest.
@@ -230,16 +230,17 @@ pub(super) async fn repository_post(
     let Ok(repository) = name.parse::<RepoName>() else {
         return page_error_for(&nav, &Error::NameUnknown);
     };
-    if !form_holds(&state, &req, &visitor, &body) {
+    let fields = form(&body);
+    if !form_holds(&state, &req, &visitor, &fields) {
         return refused(&nav, StatusCode::FORBIDDEN, FORGED);
     }
-    if !may_pull(&state, &visitor.who, repository.as_str()) {
+    if !may(&state, &visitor.who, &repository, Action::Pull) {
         return page_error_for(&nav, &Error::NameUnknown);
     }
     if !may_delete(&state, &visitor.who, &repository) {
         return refused(&nav, StatusCode::FORBIDDEN, &no_delete(&state, &visitor));
     }
-    let reference = match target(&form(&body)) {
+    let reference = match target(&fields) {
         Ok(r) => r,
         Err(e) => return page_error_for(&nav, &e),
     };

@@ -102,12 +102,13 @@ fn visitor(state: &AppState, req: &HttpRequest) -> Visitor {
     }
 }
 
-fn may(state: &AppState, who: &Identity, name: &str, action: Action) -> bool {
-    name.parse::<RepoName>().is_ok_and(|n| state.auth.actions(who, &n).contains(&action))
+fn may(state: &AppState, who: &Identity, repository: &RepoName, action: Action) -> bool {
+    state.auth.actions(who, repository).contains(&action)
 }
 
+/// Whether `who` may pull the repository `name` (a stored name, as the catalog lists it).
 fn may_pull(state: &AppState, who: &Identity, name: &str) -> bool {
-    may(state, who, name, Action::Pull)
+    name.parse::<RepoName>().is_ok_and(|n| may(state, who, &n, Action::Pull))
 }
 
 /// Whether `who` may delete in `repository` here: the rules allow it, deletes are on, and it
@@ -118,7 +119,7 @@ fn may_delete(state: &AppState, who: &Identity, repository: &RepoName) -> bool {
         Some(route) => matches!(who, Identity::User(u) if route.upstream.admins.contains(u)),
         None => true,
     };
-    cache_admin && state.registry.policy().delete_enabled && may(state, who, repository.as_str(), Action::Delete)
+    cache_admin && state.registry.policy().delete_enabled && may(state, who, repository, Action::Delete)
 }
 
 /// Whether `who` sees storage usage: a signed-in user, or anyone while authentication is off.
@@ -221,7 +222,7 @@ async fn repository_path(state: State, req: HttpRequest, path: web::Path<String>
         return page_error_for(&nav, &Error::NameUnknown);
     };
     // Not visible and not there look the same.
-    if !may_pull(&state, &visitor.who, repository.as_str()) {
+    if !may(&state, &visitor.who, &repository, Action::Pull) {
         return page_error_for(&nav, &Error::NameUnknown);
     }
     let result = match rest.as_deref() {

@@ -1,6 +1,6 @@
 //! Reads of cached repositories: from the cache when it may answer, from upstream when not.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -27,8 +27,16 @@ const FOLLOW_LIMIT: Duration = Duration::from_secs(15 * 60);
 /// How often a waiting request looks whether the blob is stored.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+use crate::registry::uploads::now_ms;
+
+/// The digest an upstream's answer says it carries (`Docker-Content-Digest`).
+fn content_digest(headers: &HeaderMap) -> Option<Digest> {
+    headers.get("docker-content-digest")?.to_str().ok()?.parse().ok()
+}
+
+/// The items of a channel, as a stream.
+fn received<T: 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
 /// Why a fetch failed: upstream, or here.
@@ -151,12 +159,7 @@ impl Registry {
         let client = &route.upstream.client;
         let head = client.send(Method::HEAD, &path, &route.remote, Some(MANIFEST_ACCEPT), "manifest").await;
         let upstream_digest = match head {
-            Ok(answer) => answer
-                .response
-                .headers()
-                .get("docker-content-digest")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<Digest>().ok()),
+            Ok(answer) => content_digest(answer.response.headers()),
             Err(UpstreamError::NotFound) => return Err(Error::ManifestUnknown),
             Err(e) => return Ok(self.stale(route, cached, what, &e)),
         };
@@ -202,12 +205,7 @@ impl Registry {
             return Err(UpstreamError::Invalid(format!("a manifest larger than the limit of {limit} bytes")).into());
         }
         let content_type = media_type(answer.response.headers());
-        let claimed = answer
-            .response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<Digest>().ok());
+        let claimed = content_digest(answer.response.headers());
         let mut body = Vec::new();
         let mut stream = answer.response.bytes_stream();
         while let Some(piece) = stream.next().await {
@@ -275,18 +273,19 @@ impl Registry {
         let mut followed = false;
         loop {
             if let Some(token) = self.sessions.lease(&key, LOCK_TTL).await? {
-                // Stored meanwhile, or fetched and failed while this request waited.
-                if self.metadata.blob_in_repository(local, digest).await?.is_some() || followed {
-                    self.sessions.release_lease(&key, &token).await?;
-                    if followed && self.metadata.blob_in_repository(local, digest).await?.is_none() {
-                        return Err(Error::TryAgain(format!(
-                            "fetching {what} from {} failed; try again",
-                            route.upstream.name
-                        )));
-                    }
-                    return self.read_blob(local, digest, range).await;
+                // Stored meanwhile; or, for a request that waited, fetched and failed.
+                let stored = self.metadata.blob_in_repository(local, digest).await?.is_some();
+                if !stored && !followed {
+                    return self.lead_fetch(route, digest, range, key, token, &what).await;
                 }
-                return self.lead_fetch(route, digest, range, key, token, &what).await;
+                self.sessions.release_lease(&key, &token).await?;
+                if !stored {
+                    return Err(Error::TryAgain(format!(
+                        "fetching {what} from {} failed; try again",
+                        route.upstream.name
+                    )));
+                }
+                return self.read_blob(local, digest, range).await;
             }
             followed = true;
             tokio::time::sleep(FOLLOW_POLL).await;
@@ -330,8 +329,7 @@ impl Registry {
         let (sessions, key_owned, token_owned) = (self.sessions.clone(), key.clone(), token.clone());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
         actix_web::rt::spawn(async move {
-            let body = futures_util::stream::unfold(store_rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) })
-                .boxed_local();
+            let body = received(store_rx).boxed_local();
             // The upload checks the digest as it stores the bytes; its verdict decides whether
             // the client gets the last piece.
             let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel::<bool>();
@@ -413,11 +411,7 @@ impl Registry {
             let _ = done_tx.send(ok);
         });
         if stream_to_client {
-            let body: ByteStream =
-                Box::pin(futures_util::stream::unfold(
-                    client_rx,
-                    |mut rx| async move { rx.recv().await.map(|i| (i, rx)) },
-                ));
+            let body: ByteStream = Box::pin(received(client_rx));
             let size = size.unwrap_or_default();
             return Ok(BlobRead { size, content: BlobContent::Bytes { range: None, body } });
         }
