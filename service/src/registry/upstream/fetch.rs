@@ -419,7 +419,7 @@ impl Registry {
         if done_rx.await.unwrap_or(false) {
             self.read_blob(&route.local, digest, range).await
         } else {
-            crate::metrics::Metrics::get().upstream_cache.with_label_values(&[&route.upstream.name, "refused"]).inc();
+            // The fetching task has counted a refused blob already.
             Err(Error::BadUpstream(format!(
                 "{what} from {} could not be stored or did not match its digest",
                 route.upstream.name
