@@ -521,3 +521,24 @@ async fn with_authentication_off_deletes_still_need_the_pages_token() {
     assert!(!repo.contains("/-/delete"));
     assert_eq!(app.get("/ui/r/open/app/-/delete?tag=v1").await.status(), StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn in_token_mode_replicas_sharing_the_token_key_accept_each_others_sign_ins() {
+    let first = spawn_app().await;
+    let second = spawn_app().await;
+    let key = first.dir.path().join("shared-token-key.pem");
+    std::fs::write(&key, berth::auth::token::generate_key_pem().unwrap()).unwrap();
+    let token_mode = |s: &mut Settings| {
+        s.auth = AuthMode::Token;
+        s.token_key = Some(key.display().to_string());
+    };
+    let first = with_users(first, &[("alice", "alice-password")], TEAM_RULES, token_mode).await;
+    let second = with_users(second, &[("alice", "alice-password")], TEAM_RULES, token_mode).await;
+    let cookie = sign_in(&first, "alice", "alice-password").await;
+    let (_, page) = page_as(&second, "/ui/", &cookie).await;
+    assert!(page.contains("Sign out") && page.contains(">alice<"), "the other replica knows the sign-in");
+    // Without the shared key (Basic mode, no BERTH_UI_SESSION_KEY), each replica has its own.
+    let third = with_users(spawn_app().await, &[("alice", "alice-password")], TEAM_RULES, |_| {}).await;
+    let (_, page) = page_as(&third, "/ui/", &cookie).await;
+    assert!(!page.contains("Sign out"), "another key refuses the cookie");
+}

@@ -569,3 +569,66 @@ async fn the_web_ui_offers_no_delete_in_a_cached_repository() {
     assert!(page.contains("/ui/r/local/app/-/delete?tag=v1"), "a repository of its own is not");
     assert_eq!(app.get("/ui/r/hub/team/app/-/delete?tag=v1").await.status(), StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn an_upstream_answering_429_or_503_gets_the_cached_copy_served() {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // An upstream that serves one small image, then answers with whatever status is set.
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let config_digest = sha256(&config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest.as_str(), "size": config.len()},
+        "layers": [],
+    }))
+    .unwrap();
+    let failing = Arc::new(AtomicU16::new(0));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (state, served, blob) = (failing.clone(), manifest.clone(), config.clone());
+    let server = HttpServer::new(move || {
+        let (state, served, blob) = (state.clone(), served.clone(), blob.clone());
+        let answer = move |body: Vec<u8>, kind: &'static str| {
+            let status = state.load(Ordering::SeqCst);
+            if status == 0 {
+                HttpResponse::Ok().content_type(kind).body(body)
+            } else {
+                HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).finish()
+            }
+        };
+        let answer_too = answer.clone();
+        App::new()
+            .route(
+                "/v2/team/app/manifests/v1",
+                web::route().to(move || {
+                    let r = answer(served.clone(), OCI_MANIFEST);
+                    async move { r }
+                }),
+            )
+            .route(
+                "/v2/team/app/blobs/{digest}",
+                web::get().to(move || {
+                    let r = answer_too(blob.clone(), "application/octet-stream");
+                    async move { r }
+                }),
+            )
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    let entry = UpstreamEntry { name: "flaky".into(), url: base, ttl: Some("1s".into()), ..Default::default() };
+    let app = spawn_with(|s| s.upstream = vec![entry]).await;
+    assert_eq!(pull_image(&app, "flaky/team/app", "v1").await, sha256(&manifest).as_str());
+    for status in [429, 503] {
+        failing.store(status, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let r = pull_manifest(&app, "/v2/flaky/team/app/manifests/v1").await;
+        assert_eq!(r.status(), StatusCode::OK, "upstream answering {status}");
+        assert!(header(&r, "warning").is_some_and(|w| w.starts_with("110 ")), "{status}: {:?}", r.headers());
+        assert_eq!(r.bytes().await.unwrap().as_ref(), manifest.as_slice());
+    }
+}
