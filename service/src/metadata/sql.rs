@@ -994,10 +994,12 @@ impl MetadataStore for SqlMetadata {
             }
         }
         for tag in tags {
+            // A push makes the tag this registry's own: no longer a cached copy of an upstream's
+            // (a fetch marks it checked afterwards).
             sqlx::query(
                 "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (repository_id, name) DO UPDATE \
-                 SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at",
+                 SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at, checked_at = NULL",
             )
             .bind(id)
             .bind(tag.as_str())

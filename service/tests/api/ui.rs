@@ -232,7 +232,7 @@ async fn pull_commands_name_the_external_url_when_one_is_set() {
 }
 
 /// Restarts `app` in basic mode with `users` (name, password) and access `rules`.
-async fn with_users(
+pub(crate) async fn with_users(
     app: TestApp,
     users: &[(&str, &str)],
     rules: &str,
@@ -295,7 +295,7 @@ fn csrf_of(body: &str) -> String {
     body[at..at + body[at..].find('"').unwrap()].to_owned()
 }
 
-const TEAM_RULES: &str = r#"
+pub(crate) const TEAM_RULES: &str = r#"
 [[rules]]
 users = ["alice"]
 repositories = ["team/**"]

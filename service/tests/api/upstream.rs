@@ -632,3 +632,36 @@ async fn an_upstream_answering_429_or_503_gets_the_cached_copy_served() {
         assert_eq!(r.bytes().await.unwrap().as_ref(), manifest.as_slice());
     }
 }
+
+#[tokio::test]
+async fn a_cached_repository_takes_pushes_from_its_admins_only() {
+    let upstream = Upstream::start(&["team/app"]).await;
+    upstream.app.push_image("team/app", "v1", "first").await;
+    let entry = UpstreamEntry { admins: vec!["alice".into()], ..upstream.entry("hub", "1s") };
+    let app = spawn_with(|s| s.upstream = vec![entry]).await;
+    let rules = "[[rules]]\nusers = [\"alice\", \"bob\"]\nrepositories = [\"**\"]\nactions = [\"pull\", \"push\", \"delete\"]\n";
+    let users = [("alice", "alice-password"), ("bob", "bob-password")];
+    let mut app = crate::ui::with_users(app, &users, rules, |_| {}).await;
+    let as_user = |user: &str, password: &str| {
+        let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{user}:{password}"));
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("authorization", format!("Basic {basic}").parse().unwrap());
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).default_headers(headers).build().unwrap()
+    };
+    // bob may push anywhere by the rules, but not into the cache.
+    app.client = as_user("bob", "bob-password");
+    let r = app.request(Method::POST, "/v2/hub/team/app/blobs/uploads/").send().await.unwrap();
+    assert_error(r, StatusCode::FORBIDDEN, "DENIED").await;
+    app.push_image("bob/app", "v1", "elsewhere").await;
+    // alice, its admin, may.
+    app.client = as_user("alice", "alice-password");
+    let fetched = pull_image(&app, "hub/team/app", "v1").await;
+    let mine = app.push_image("hub/team/app", "patched", "admin").await;
+    let over = app.push_image("hub/team/app", "v1", "admin over the fetched tag").await;
+    assert_ne!(over.digest.as_str(), fetched);
+    // Past the ttl, what the admin pushed is the registry's own: not revalidated upstream
+    // (which has no `patched`, and another `v1`).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(pull_image(&app, "hub/team/app", "patched").await, mine.digest.as_str());
+    assert_eq!(pull_image(&app, "hub/team/app", "v1").await, over.digest.as_str());
+}

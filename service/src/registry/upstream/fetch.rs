@@ -124,9 +124,10 @@ impl Registry {
                 Served { manifest, stale: false }
             }
             (Reference::Tag(tag), Some(manifest)) => {
-                let checked = self.metadata.tag_checked_at(local, tag).await?.unwrap_or(0);
+                // Never checked: an admin pushed it here, and it is this registry's own.
+                let checked = self.metadata.tag_checked_at(local, tag).await?;
                 let ttl = route.upstream.ttl.as_millis().min(i64::MAX as u128) as i64;
-                if now_ms().saturating_sub(checked) < ttl {
+                if checked.is_none_or(|at| now_ms().saturating_sub(at) < ttl) {
                     self.count_cache(route, "hit");
                     Served { manifest, stale: false }
                 } else {
